@@ -1,0 +1,547 @@
+#include "core/model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/checkpoint/weight_store.h"
+#include "core/util/log.h"
+#include "core/util/status_macros.h"
+
+namespace optrec {
+
+struct LayerWeights {
+  torch::Tensor attn_norm_w, attn_norm_b;  // [D]; bias for LayerNorm only
+  torch::Tensor qkv_w, qkv_b;              // [(H+2K)E, D], [(H+2K)E]
+  torch::Tensor q_norm_w, k_norm_w;        // [E] (qk_norm only)
+  torch::Tensor o_w, o_b;                  // [D, HE], [D]
+  torch::Tensor mlp_norm_w, mlp_norm_b;    // [D]
+  // kLlama: gate and up fused, [2F, D]; kGpt2: c_fc as [F, D].
+  torch::Tensor up_w, up_b;
+  torch::Tensor down_w, down_b;  // [D, F], [D]
+};
+
+struct TransformerLM::Weights {
+  torch::Tensor embed;         // [V, D]
+  torch::Tensor pos_embed;     // [max_positions, D] (kGpt2 only)
+  torch::Tensor final_norm_w;  // [D]
+  torch::Tensor final_norm_b;  // [D] (kGpt2 only)
+  torch::Tensor lm_head;       // [V, D]; the same tensor as embed when tied
+  torch::Tensor inv_freq;      // [E/2] f32 RoPE frequencies (kLlama only)
+  std::vector<LayerWeights> layers;
+};
+
+namespace {
+
+constexpr float kMaskedScore = -1e30f;
+
+// Reads tensors from the store onto the chosen device and dtype.
+class WeightLoader {
+ public:
+  WeightLoader(const WeightStore& store, const DeviceChoice& device)
+      : store_(store), device_(device) {}
+
+  absl::StatusOr<torch::Tensor> Get(const std::string& name,
+                                    std::vector<int64_t> shape) const {
+    ASSIGN_OR_RETURN(torch::Tensor t, store_.Get(name, shape, device_.dtype));
+    return t.to(device_.device);
+  }
+
+  // A linear layer's weight [out, in] stored as Conv1D ([in, out]).
+  absl::StatusOr<torch::Tensor> GetTransposed(const std::string& name,
+                                              int64_t out, int64_t in) const {
+    ASSIGN_OR_RETURN(torch::Tensor t, Get(name, {in, out}));
+    return t.t().contiguous();
+  }
+
+  bool Has(const std::string& name) const {
+    return store_.Find(name) != nullptr;
+  }
+
+ private:
+  const WeightStore& store_;
+  const DeviceChoice& device_;
+};
+
+// RoPE inverse frequencies [E/2], with the config's rescaling applied.
+torch::Tensor RopeInverseFrequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  const RopeScaling& rs = c.rope_scaling;
+  for (int64_t i = 0; i < half; ++i) {
+    double f = std::pow(c.rope_theta, -2.0 * i / c.head_dim);
+    if (rs.type == RopeScaling::Type::kLinear) {
+      f /= rs.factor;
+    } else if (rs.type == RopeScaling::Type::kLlama3) {
+      // Llama 3.1's published rule: long wavelengths are divided by the
+      // factor, short ones kept, the band between blended linearly.
+      const double old_ctx = static_cast<double>(rs.original_max_positions);
+      const double wavelen = 2.0 * M_PI / f;
+      const double low_wavelen = old_ctx / rs.low_freq_factor;
+      const double high_wavelen = old_ctx / rs.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        f /= rs.factor;
+      } else if (wavelen >= high_wavelen) {
+        double smooth = (old_ctx / wavelen - rs.low_freq_factor) /
+                        (rs.high_freq_factor - rs.low_freq_factor);
+        f = (1.0 - smooth) * f / rs.factor + smooth * f;
+      }
+    }
+    inv[i] = static_cast<float>(f);
+  }
+  return torch::tensor(inv, torch::kFloat32);
+}
+
+absl::Status LoadLlamaLayer(const WeightLoader& w, const ModelConfig& c,
+                            int64_t l, LayerWeights* out) {
+  const std::string p = absl::StrCat("model.layers.", l, ".");
+  const int64_t d = c.hidden_size, e = c.head_dim, h = c.num_heads,
+                k = c.num_kv_heads, f = c.intermediate_size;
+  ASSIGN_OR_RETURN(out->attn_norm_w, w.Get(p + "input_layernorm.weight", {d}));
+  ASSIGN_OR_RETURN(out->mlp_norm_w,
+                   w.Get(p + "post_attention_layernorm.weight", {d}));
+  ASSIGN_OR_RETURN(auto q, w.Get(p + "self_attn.q_proj.weight", {h * e, d}));
+  ASSIGN_OR_RETURN(auto kw, w.Get(p + "self_attn.k_proj.weight", {k * e, d}));
+  ASSIGN_OR_RETURN(auto v, w.Get(p + "self_attn.v_proj.weight", {k * e, d}));
+  out->qkv_w = torch::cat({q, kw, v}, 0);
+  if (c.qkv_bias) {
+    ASSIGN_OR_RETURN(auto qb, w.Get(p + "self_attn.q_proj.bias", {h * e}));
+    ASSIGN_OR_RETURN(auto kb, w.Get(p + "self_attn.k_proj.bias", {k * e}));
+    ASSIGN_OR_RETURN(auto vb, w.Get(p + "self_attn.v_proj.bias", {k * e}));
+    out->qkv_b = torch::cat({qb, kb, vb}, 0);
+  }
+  if (c.qk_norm) {
+    ASSIGN_OR_RETURN(out->q_norm_w, w.Get(p + "self_attn.q_norm.weight", {e}));
+    ASSIGN_OR_RETURN(out->k_norm_w, w.Get(p + "self_attn.k_norm.weight", {e}));
+  }
+  ASSIGN_OR_RETURN(out->o_w, w.Get(p + "self_attn.o_proj.weight", {d, h * e}));
+  if (c.o_bias) {
+    ASSIGN_OR_RETURN(out->o_b, w.Get(p + "self_attn.o_proj.bias", {d}));
+  }
+  ASSIGN_OR_RETURN(auto gate, w.Get(p + "mlp.gate_proj.weight", {f, d}));
+  ASSIGN_OR_RETURN(auto up, w.Get(p + "mlp.up_proj.weight", {f, d}));
+  out->up_w = torch::cat({gate, up}, 0);
+  ASSIGN_OR_RETURN(out->down_w, w.Get(p + "mlp.down_proj.weight", {d, f}));
+  if (c.mlp_bias) {
+    ASSIGN_OR_RETURN(auto gb, w.Get(p + "mlp.gate_proj.bias", {f}));
+    ASSIGN_OR_RETURN(auto ub, w.Get(p + "mlp.up_proj.bias", {f}));
+    out->up_b = torch::cat({gb, ub}, 0);
+    ASSIGN_OR_RETURN(out->down_b, w.Get(p + "mlp.down_proj.bias", {d}));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadLlama(const WeightLoader& w, const ModelConfig& c,
+                       TransformerLM::Weights* out) {
+  const int64_t v = c.vocab_size, d = c.hidden_size;
+  ASSIGN_OR_RETURN(out->embed, w.Get("model.embed_tokens.weight", {v, d}));
+  ASSIGN_OR_RETURN(out->final_norm_w, w.Get("model.norm.weight", {d}));
+  if (c.tie_word_embeddings && !w.Has("lm_head.weight")) {
+    out->lm_head = out->embed;
+  } else {
+    ASSIGN_OR_RETURN(out->lm_head, w.Get("lm_head.weight", {v, d}));
+  }
+  out->layers.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    RETURN_IF_ERROR(LoadLlamaLayer(w, c, l, &out->layers[l]));
+  }
+  out->inv_freq = RopeInverseFrequencies(c);
+  return absl::OkStatus();
+}
+
+absl::Status LoadGpt2(const WeightLoader& w, const ModelConfig& c,
+                      TransformerLM::Weights* out) {
+  const int64_t v = c.vocab_size, d = c.hidden_size, f = c.intermediate_size;
+  // GPT2LMHeadModel saves under "transformer."; the original files do not.
+  const std::string root =
+      w.Has("transformer.wte.weight") ? "transformer." : "";
+  ASSIGN_OR_RETURN(out->embed, w.Get(root + "wte.weight", {v, d}));
+  ASSIGN_OR_RETURN(out->pos_embed,
+                   w.Get(root + "wpe.weight", {c.max_positions, d}));
+  ASSIGN_OR_RETURN(out->final_norm_w, w.Get(root + "ln_f.weight", {d}));
+  ASSIGN_OR_RETURN(out->final_norm_b, w.Get(root + "ln_f.bias", {d}));
+  if (c.tie_word_embeddings || !w.Has("lm_head.weight")) {
+    out->lm_head = out->embed;
+  } else {
+    ASSIGN_OR_RETURN(out->lm_head, w.Get("lm_head.weight", {v, d}));
+  }
+  out->layers.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat(root, "h.", l, ".");
+    LayerWeights& lw = out->layers[l];
+    ASSIGN_OR_RETURN(lw.attn_norm_w, w.Get(p + "ln_1.weight", {d}));
+    ASSIGN_OR_RETURN(lw.attn_norm_b, w.Get(p + "ln_1.bias", {d}));
+    ASSIGN_OR_RETURN(lw.qkv_w,
+                     w.GetTransposed(p + "attn.c_attn.weight", 3 * d, d));
+    ASSIGN_OR_RETURN(lw.qkv_b, w.Get(p + "attn.c_attn.bias", {3 * d}));
+    ASSIGN_OR_RETURN(lw.o_w, w.GetTransposed(p + "attn.c_proj.weight", d, d));
+    ASSIGN_OR_RETURN(lw.o_b, w.Get(p + "attn.c_proj.bias", {d}));
+    ASSIGN_OR_RETURN(lw.mlp_norm_w, w.Get(p + "ln_2.weight", {d}));
+    ASSIGN_OR_RETURN(lw.mlp_norm_b, w.Get(p + "ln_2.bias", {d}));
+    ASSIGN_OR_RETURN(lw.up_w, w.GetTransposed(p + "mlp.c_fc.weight", f, d));
+    ASSIGN_OR_RETURN(lw.up_b, w.Get(p + "mlp.c_fc.bias", {f}));
+    ASSIGN_OR_RETURN(lw.down_w, w.GetTransposed(p + "mlp.c_proj.weight", d, f));
+    ASSIGN_OR_RETURN(lw.down_b, w.Get(p + "mlp.c_proj.bias", {d}));
+  }
+  return absl::OkStatus();
+}
+
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
+                      double eps) {
+  // Normalise in f32 whatever the compute dtype, as the reference does.
+  torch::Tensor xf = x.to(torch::kFloat32);
+  torch::Tensor scale = torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return (xf * scale).to(x.scalar_type()) * weight;
+}
+
+// Rotates pairs (i, i + E/2) of x [B, N, T, E] by the angles in cos/sin
+// [B, 1, T, E] (the Hugging Face rotate-half layout).
+torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
+                        const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  torch::Tensor x1 = x.narrow(-1, 0, half);
+  torch::Tensor x2 = x.narrow(-1, half, half);
+  torch::Tensor rotated = torch::cat({-x2, x1}, -1);
+  return x * cos + rotated * sin;
+}
+
+// Everything the layers share within one call.
+struct CallContext {
+  torch::Tensor rope_cos, rope_sin;  // [B, 1, T, E] (kLlama)
+  torch::Tensor bias;                // [B, 1, 1, T, S] additive scores mask
+  KVCache* cache = nullptr;
+};
+
+}  // namespace
+
+TransformerLM::~TransformerLM() = default;
+
+absl::StatusOr<std::shared_ptr<const TransformerLM>> TransformerLM::Load(
+    const std::string& dir, const LoadOptions& options) {
+  std::shared_ptr<TransformerLM> model(new TransformerLM());
+  model->dir_ = dir;
+  model->device_ = options.device;
+  ASSIGN_OR_RETURN(model->config_, LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(auto store, WeightStore::OpenDir(dir));
+  model->fingerprint_ = store->Fingerprint(model->config_.CanonicalText());
+
+  auto weights = std::make_unique<Weights>();
+  WeightLoader loader(*store, model->device_);
+  try {
+    if (model->config_.family == Family::kLlama) {
+      RETURN_IF_ERROR(LoadLlama(loader, model->config_, weights.get()));
+    } else {
+      RETURN_IF_ERROR(LoadGpt2(loader, model->config_, weights.get()));
+    }
+    weights->inv_freq = weights->inv_freq.defined()
+                            ? weights->inv_freq.to(model->device_.device)
+                            : weights->inv_freq;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(
+        dir, ": loading weights failed: ", e.what_without_backtrace()));
+  }
+  model->weights_ = std::move(weights);
+
+  if (options.load_tokenizer) {
+    auto tokenizer = LoadTokenizerFromDir(dir);
+    if (tokenizer.ok()) {
+      model->tokenizer_ = *std::move(tokenizer);
+    } else if (!absl::IsNotFound(tokenizer.status())) {
+      return tokenizer.status();
+    }
+  }
+  LOG_INFO << "loaded " << model->config_.model_type << " model from " << dir
+           << ": " << model->config_.num_layers << " layers, width "
+           << model->config_.hidden_size << ", " << model->parameter_count()
+           << " parameters, " << DtypeName(model->device_.dtype) << " on "
+           << model->device_.device.str() << ", fingerprint "
+           << model->fingerprint_
+           << (model->tokenizer_ ? "" : ", no tokenizer (ids only)");
+  return std::shared_ptr<const TransformerLM>(std::move(model));
+}
+
+std::vector<torch::Tensor> TransformerLM::parameters() const {
+  const Weights& w = *weights_;
+  std::vector<torch::Tensor> all;
+  auto add = [&all](const torch::Tensor& t) {
+    if (t.defined()) all.push_back(t);
+  };
+  add(w.embed);
+  add(w.pos_embed);
+  add(w.final_norm_w);
+  add(w.final_norm_b);
+  if (!w.lm_head.is_same(w.embed)) add(w.lm_head);
+  for (const LayerWeights& lw : w.layers) {
+    for (const torch::Tensor* t :
+         {&lw.attn_norm_w, &lw.attn_norm_b, &lw.qkv_w, &lw.qkv_b, &lw.q_norm_w,
+          &lw.k_norm_w, &lw.o_w, &lw.o_b, &lw.mlp_norm_w, &lw.mlp_norm_b,
+          &lw.up_w, &lw.up_b, &lw.down_w, &lw.down_b}) {
+      add(*t);
+    }
+  }
+  return all;
+}
+
+int64_t TransformerLM::parameter_count() const {
+  int64_t total = 0;
+  for (const torch::Tensor& t : parameters()) total += t.numel();
+  return total;
+}
+
+KVCache TransformerLM::NewCache(int64_t rows) const {
+  return KVCache(rows, config_.num_layers, config_.num_kv_heads,
+                 config_.head_dim,
+                 torch::dtype(device_.dtype).device(device_.device));
+}
+
+torch::Tensor TransformerLM::EmbedTokens(const torch::Tensor& ids) const {
+  return torch::embedding(weights_->embed, ids);
+}
+
+torch::Tensor TransformerLM::Project(const torch::Tensor& hidden) const {
+  return torch::linear(hidden, weights_->lm_head);
+}
+
+absl::StatusOr<ForwardOutput> TransformerLM::Forward(
+    const std::vector<RowInput>& rows, KVCache* cache,
+    const ForwardOptions& options) const {
+  if (rows.empty()) {
+    return absl::InvalidArgumentError("Forward: no rows");
+  }
+  if (cache != nullptr && cache->rows() != static_cast<int64_t>(rows.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: cache holds ", cache->rows(),
+                     " rows, batch has ", rows.size()));
+  }
+  int64_t longest = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const RowInput& row = rows[r];
+    for (int32_t id : row.ids) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: row ", r, " has token id ", id,
+            " outside the vocabulary [0, ", config_.vocab_size, ")"));
+      }
+    }
+    int64_t prompt_len = 0;
+    if (row.prompt.defined()) {
+      if (row.prompt.dim() != 2 || row.prompt.size(1) != config_.hidden_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: row ", r, " has a soft prompt of shape ",
+                         c10::str(row.prompt.sizes()), "; expected [P, ",
+                         config_.hidden_size, "]"));
+      }
+      prompt_len = row.prompt.size(0);
+    }
+    const int64_t length = prompt_len + static_cast<int64_t>(row.ids.size());
+    if (row.bidirectional_prefix < 0 || row.bidirectional_prefix > length) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: row ", r, " has bidirectional_prefix ",
+                       row.bidirectional_prefix, " outside [0, ", length, "]"));
+    }
+    const int64_t start = cache ? cache->next_position(r) : 0;
+    if (config_.family == Family::kGpt2 &&
+        start + length > config_.max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: row ", r, " reaches position ", start + length - 1,
+          " but the model has ", config_.max_positions, " positions"));
+    }
+    longest = std::max(longest, length);
+  }
+  if (longest == 0) {
+    return absl::InvalidArgumentError("Forward: every row is empty");
+  }
+  ForwardOutput out;
+  try {
+    ForwardImpl(rows, cache, options, &out);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("Forward failed: ", e.what_without_backtrace()));
+  }
+  return out;
+}
+
+torch::Tensor TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
+                                         KVCache* cache,
+                                         const ForwardOptions& options,
+                                         ForwardOutput* out) const {
+  const ModelConfig& c = config_;
+  const Weights& w = *weights_;
+  const int64_t b = static_cast<int64_t>(rows.size());
+  const auto dev = device_.device;
+  const auto long_opts = torch::dtype(torch::kInt64);
+
+  // Row layout: [prompt (P) | ids (N) | padding] along T.
+  std::vector<int64_t> prompt_len(b, 0), start(b, 0), prefix_end(b, 0);
+  out->lengths.assign(b, 0);
+  for (int64_t r = 0; r < b; ++r) {
+    prompt_len[r] = rows[r].prompt.defined() ? rows[r].prompt.size(0) : 0;
+    out->lengths[r] = prompt_len[r] + rows[r].ids.size();
+    start[r] = cache ? cache->next_position(r) : 0;
+    prefix_end[r] = start[r] + rows[r].bidirectional_prefix;
+  }
+  const int64_t t = *std::max_element(out->lengths.begin(), out->lengths.end());
+
+  torch::Tensor ids = torch::zeros({b, t}, long_opts);        // [B, T]
+  torch::Tensor positions = torch::zeros({b, t}, long_opts);  // [B, T]
+  torch::Tensor valid = torch::zeros({b, t}, torch::kBool);   // [B, T]
+  {
+    auto ids_a = ids.accessor<int64_t, 2>();
+    auto pos_a = positions.accessor<int64_t, 2>();
+    auto valid_a = valid.accessor<bool, 2>();
+    for (int64_t r = 0; r < b; ++r) {
+      for (size_t i = 0; i < rows[r].ids.size(); ++i) {
+        ids_a[r][prompt_len[r] + i] = rows[r].ids[i];
+      }
+      for (int64_t i = 0; i < t; ++i) {
+        pos_a[r][i] = start[r] + i;
+        valid_a[r][i] = i < out->lengths[r];
+      }
+    }
+  }
+  ids = ids.to(dev);
+  positions = positions.to(dev);
+  valid = valid.to(dev);
+
+  // Input embeddings [B, T, D], soft prompts in front of their rows' tokens.
+  torch::Tensor x = EmbedTokens(ids);
+  bool any_prompt = false;
+  for (const RowInput& row : rows) any_prompt |= row.prompt.defined();
+  if (any_prompt) {
+    std::vector<torch::Tensor> row_inputs;
+    for (int64_t r = 0; r < b; ++r) {
+      if (prompt_len[r] == 0) {
+        row_inputs.push_back(x[r]);
+        continue;
+      }
+      torch::Tensor prompt = rows[r].prompt.to(dev, device_.dtype);  // [P, D]
+      row_inputs.push_back(torch::cat(
+          {prompt, x[r].narrow(0, prompt_len[r], t - prompt_len[r])}, 0));
+    }
+    x = torch::stack(row_inputs);
+  }
+  if (c.family == Family::kGpt2) {
+    x = x + torch::embedding(w.pos_embed, positions);
+  }
+
+  // Attention mask over all keys (cached and new), by position and validity.
+  CallContext ctx;
+  ctx.cache = cache;
+  torch::Tensor key_pos = positions, key_valid = valid;  // [B, S]
+  if (cache != nullptr) {
+    std::tie(key_pos, key_valid) = cache->BeginStep(positions, valid);
+  }
+  torch::Tensor q_pos = positions.unsqueeze(2);  // [B, T, 1]
+  torch::Tensor k_pos = key_pos.unsqueeze(1);    // [B, 1, S]
+  torch::Tensor allowed = key_valid.unsqueeze(1) & (k_pos <= q_pos);
+  if (c.sliding_window > 0) {
+    allowed &= k_pos > q_pos - c.sliding_window;
+  }
+  bool any_prefix = false;
+  for (const RowInput& row : rows) any_prefix |= row.bidirectional_prefix > 0;
+  if (any_prefix) {
+    torch::Tensor end =
+        torch::tensor(prefix_end, long_opts).to(dev).view({b, 1, 1});
+    allowed |= key_valid.unsqueeze(1) & (q_pos < end) & (k_pos < end);
+  }
+  ctx.bias =
+      torch::zeros(allowed.sizes(), torch::dtype(torch::kFloat32).device(dev))
+          .masked_fill_(allowed.logical_not(), kMaskedScore)
+          .view({b, 1, 1, t, key_pos.size(1)});  // [B, 1, 1, T, S]
+
+  if (c.family == Family::kLlama) {
+    // Angles [B, T, E/2] -> cos/sin [B, 1, T, E], in f32 like the reference.
+    torch::Tensor angles =
+        positions.to(torch::kFloat32).unsqueeze(-1) * w.inv_freq;
+    torch::Tensor full = torch::cat({angles, angles}, -1).unsqueeze(1);
+    ctx.rope_cos = full.cos().to(device_.dtype);
+    ctx.rope_sin = full.sin().to(device_.dtype);
+  }
+
+  const int64_t h = c.num_heads, k = c.num_kv_heads, e = c.head_dim;
+  const int64_t g = h / k;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(e));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    // Attention block.
+    torch::Tensor normed =
+        c.family == Family::kLlama
+            ? RmsNorm(x, lw.attn_norm_w, c.norm_eps)
+            : torch::layer_norm(x, {c.hidden_size}, lw.attn_norm_w,
+                                lw.attn_norm_b, c.norm_eps);
+    torch::Tensor qkv = torch::linear(normed, lw.qkv_w, lw.qkv_b);
+    torch::Tensor q = qkv.narrow(-1, 0, h * e).view({b, t, h, e});
+    torch::Tensor kk = qkv.narrow(-1, h * e, k * e).view({b, t, k, e});
+    torch::Tensor v = qkv.narrow(-1, (h + k) * e, k * e).view({b, t, k, e});
+    if (c.qk_norm) {
+      q = RmsNorm(q, lw.q_norm_w, c.norm_eps);
+      kk = RmsNorm(kk, lw.k_norm_w, c.norm_eps);
+    }
+    q = q.transpose(1, 2);    // [B, H, T, E]
+    kk = kk.transpose(1, 2);  // [B, K, T, E]
+    v = v.transpose(1, 2);    // [B, K, T, E]
+    if (c.family == Family::kLlama) {
+      q = ApplyRope(q, ctx.rope_cos, ctx.rope_sin);
+      kk = ApplyRope(kk, ctx.rope_cos, ctx.rope_sin);
+    }
+    if (cache != nullptr) {
+      std::tie(kk, v) = cache->Store(l, kk, v);  // [B, K, S, E]
+    }
+    const int64_t s = kk.size(2);
+    // Each key/value head serves G query heads: [B, K, G*T, E].
+    torch::Tensor qg = q.reshape({b, k, g * t, e});
+    torch::Tensor scores =
+        torch::matmul(qg, kk.transpose(-1, -2)).mul_(scale);  // [B,K,G*T,S]
+    torch::Tensor probs =
+        (scores.view({b, k, g, t, s}).to(torch::kFloat32) + ctx.bias)
+            .softmax(-1)
+            .to(v.scalar_type())
+            .view({b, k, g * t, s});
+    torch::Tensor attn = torch::matmul(probs, v)  // [B, K, G*T, E]
+                             .view({b, h, t, e})
+                             .transpose(1, 2)
+                             .reshape({b, t, h * e});
+    x = x + torch::linear(attn, lw.o_w, lw.o_b);
+
+    // MLP block.
+    torch::Tensor mlp_in =
+        c.family == Family::kLlama
+            ? RmsNorm(x, lw.mlp_norm_w, c.norm_eps)
+            : torch::layer_norm(x, {c.hidden_size}, lw.mlp_norm_w,
+                                lw.mlp_norm_b, c.norm_eps);
+    torch::Tensor up = torch::linear(mlp_in, lw.up_w, lw.up_b);
+    torch::Tensor act;
+    if (c.family == Family::kLlama) {
+      const int64_t f = c.intermediate_size;
+      act = torch::silu(up.narrow(-1, 0, f)) * up.narrow(-1, f, f);
+    } else {
+      act = torch::gelu(up, c.activation == "gelu" ? "none" : "tanh");
+    }
+    torch::Tensor mlp_out = torch::linear(act, lw.down_w, lw.down_b);
+    if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
+    x = x + mlp_out;
+  }
+
+  torch::Tensor hidden =
+      c.family == Family::kLlama
+          ? RmsNorm(x, w.final_norm_w, c.norm_eps)
+          : torch::layer_norm(x, {c.hidden_size}, w.final_norm_w,
+                              w.final_norm_b, c.norm_eps);
+  out->hidden = hidden;
+  out->valid = valid;
+  out->positions = positions;
+  if (options.logits == ForwardOptions::Logits::kAll) {
+    out->logits = Project(hidden);
+  } else if (options.logits == ForwardOptions::Logits::kLast) {
+    std::vector<int64_t> last(b);
+    for (int64_t r = 0; r < b; ++r)
+      last[r] = std::max<int64_t>(0, out->lengths[r] - 1);
+    torch::Tensor index = torch::tensor(last, long_opts).to(dev);
+    torch::Tensor rows_index = torch::arange(b, long_opts.device(dev));
+    out->logits = Project(hidden.index({rows_index, index}));  // [B, V]
+  }
+  return hidden;
+}
+
+}  // namespace optrec

@@ -1,0 +1,140 @@
+// The frozen language model: loads a Hugging Face checkpoint and runs batched
+// forward passes with per-row soft prompts, padding, causal or prefix-LM
+// masks and a KV cache.
+//
+// Shape legend: B rows, T positions in this call (soft prompt + tokens,
+// right-padded), S cached columns, D width, H query heads, K key/value heads,
+// G = H/K queries per key/value head, E head dim, F MLP width, V vocabulary,
+// P soft-prompt length, L layers.
+#ifndef OPTREC_CORE_MODEL_TRANSFORMER_H_
+#define OPTREC_CORE_MODEL_TRANSFORMER_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model/kv_cache.h"
+#include "core/model/model_config.h"
+#include "core/runtime/device.h"
+#include "core/tokenizer/tokenizer.h"
+
+namespace optrec {
+
+// One row of a batch.
+struct RowInput {
+  // Tokens of this row, after its soft prompt. May be empty when the prompt
+  // is not.
+  std::vector<int32_t> ids;
+  // Soft prompt [P, D] placed before `ids` as input embeddings; undefined
+  // for none. May require grad: gradients flow back to it.
+  torch::Tensor prompt;
+  // Prefix-LM: the first `bidirectional_prefix` positions of this call
+  // (prompt included) attend to each other in both directions; later
+  // positions attend causally. 0 = plain causal.
+  int64_t bidirectional_prefix = 0;
+};
+
+// Optional per-layer change to the MLP output, applied as
+// out = hook(layer, mlp_input [B, T, D], mlp_output [B, T, D]). Used by
+// adapters; an empty function means no change.
+using MlpHook =
+    std::function<torch::Tensor(int64_t layer, const torch::Tensor& mlp_input,
+                                const torch::Tensor& mlp_output)>;
+
+struct ForwardOptions {
+  enum class Logits {
+    kNone,  // hidden states only
+    kLast,  // logits at each row's last valid position: [B, V]
+    kAll,   // logits at every position: [B, T, V]
+  };
+  Logits logits = Logits::kAll;
+  MlpHook mlp_hook;
+};
+
+struct ForwardOutput {
+  torch::Tensor hidden;          // [B, T, D] after the final norm
+  torch::Tensor logits;          // [B, T, V], [B, V] or undefined (see Logits)
+  torch::Tensor valid;           // [B, T] bool: true where a prompt or token is
+  torch::Tensor positions;       // [B, T] int64 positions used
+  std::vector<int64_t> lengths;  // per row: P + number of ids
+};
+
+struct LoadOptions {
+  DeviceChoice device;
+  // Load the tokenizer of the model directory when it has one.
+  bool load_tokenizer = true;
+};
+
+class TransformerLM {
+ public:
+  // Loads `dir` (config.json, model.safetensors or a sharded index, and
+  // optionally a tokenizer). Every tensor the architecture needs is checked
+  // for presence and shape; errors name the directory and the tensor or
+  // config field. Weights are frozen: none requires grad.
+  static absl::StatusOr<std::shared_ptr<const TransformerLM>> Load(
+      const std::string& dir, const LoadOptions& options = {});
+
+  ~TransformerLM();
+
+  const ModelConfig& config() const { return config_; }
+  const DeviceChoice& device() const { return device_; }
+  const std::string& directory() const { return dir_; }
+  // Stable hash of the config and weights: 32 hex digits.
+  const std::string& fingerprint() const { return fingerprint_; }
+  // The tokenizer, or nullptr when the directory has none (feed ids).
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  std::shared_ptr<const Tokenizer> shared_tokenizer() const {
+    return tokenizer_;
+  }
+  // Parameters of the backbone (all frozen).
+  int64_t parameter_count() const;
+  // Every weight tensor the forward pass reads (shared, frozen: none
+  // requires grad). For inspection and tests; callers must not modify them.
+  std::vector<torch::Tensor> parameters() const;
+
+  // Runs the rows. With `cache`, rows continue where the cache's rows end:
+  // cache->rows() must equal the number of rows, positions continue from
+  // each row's next_position, keys and values of this call are appended.
+  // Thread-safe: the model is immutable, several threads may call Forward at
+  // once with their own caches. Errors: InvalidArgument naming the row for
+  // an id outside the vocabulary, a prompt of the wrong width, a position
+  // beyond GPT-2's table, or a cache of the wrong size; Internal for a
+  // LibTorch failure.
+  absl::StatusOr<ForwardOutput> Forward(
+      const std::vector<RowInput>& rows, KVCache* cache = nullptr,
+      const ForwardOptions& options = {}) const;
+
+  // An empty cache for `rows` rows on the model's device and dtype.
+  KVCache NewCache(int64_t rows) const;
+
+  // Token embeddings [.., D] of ids [..] (int64 tensor).
+  torch::Tensor EmbedTokens(const torch::Tensor& ids) const;
+
+  // Logits [.., V] of final hidden states [.., D].
+  torch::Tensor Project(const torch::Tensor& hidden) const;
+
+  struct Weights;
+
+ private:
+  TransformerLM() = default;
+
+  torch::Tensor ForwardImpl(const std::vector<RowInput>& rows, KVCache* cache,
+                            const ForwardOptions& options,
+                            ForwardOutput* out) const;
+
+  std::string dir_;
+  ModelConfig config_;
+  DeviceChoice device_;
+  std::string fingerprint_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::unique_ptr<const Weights> weights_;
+};
+
+}  // namespace optrec
+
+#endif  // OPTREC_CORE_MODEL_TRANSFORMER_H_

@@ -1,0 +1,28 @@
+// Test helpers around random checkpoints: temp directories and the
+// plain-loop reference's view of a random model.
+#ifndef OPTREC_TESTS_TESTLIB_TINY_MODELS_H_
+#define OPTREC_TESTS_TESTLIB_TINY_MODELS_H_
+
+#include <string>
+
+#include "core/model/random_model.h"
+#include "tests/testlib/reference_forward.h"
+
+namespace optrec {
+
+using TinyModelSpec = RandomModelSpec;
+
+inline absl::Status WriteTinyModel(const std::string& dir,
+                                   const TinyModelSpec& spec) {
+  return WriteRandomModel(dir, spec);
+}
+
+// The plain-loop reference's view of the same model.
+ReferenceConfig TinyReferenceConfig(const TinyModelSpec& spec);
+
+// A fresh directory under the test temp dir, unique per call.
+std::string MakeTempDir(const std::string& stem);
+
+}  // namespace optrec
+
+#endif  // OPTREC_TESTS_TESTLIB_TINY_MODELS_H_
