@@ -1,0 +1,51 @@
+// Command-line flags of one optrec subcommand: --name VALUE, --name=VALUE,
+// repeated flags, and boolean --name. Unknown flags and missing values are
+// errors that name the flag.
+#ifndef OPTREC_CORE_CLI_ARGS_H_
+#define OPTREC_CORE_CLI_ARGS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace optrec {
+
+class Args {
+ public:
+  struct Flag {
+    std::string name;  // without the dashes
+    std::string help;
+    bool takes_value = true;
+    bool repeated = false;
+    std::string fallback;  // default value; empty = none
+  };
+
+  Args(std::string command, std::string summary, std::vector<Flag> flags);
+
+  // Parses argv[first..argc). InvalidArgument naming the flag on error.
+  absl::Status Parse(int argc, char** argv, int first);
+
+  bool Has(const std::string& name) const;
+  // The last value given, or the flag's default.
+  std::string Get(const std::string& name) const;
+  std::vector<std::string> GetAll(const std::string& name) const;
+  absl::StatusOr<int64_t> GetInt(const std::string& name) const;
+  absl::StatusOr<double> GetDouble(const std::string& name) const;
+
+  std::string Usage() const;
+
+ private:
+  const Flag* Find(const std::string& name) const;
+
+  std::string command_;
+  std::string summary_;
+  std::vector<Flag> flags_;
+  std::map<std::string, std::vector<std::string>> values_;
+};
+
+}  // namespace optrec
+
+#endif  // OPTREC_CORE_CLI_ARGS_H_

@@ -1,0 +1,19 @@
+// The optrec subcommands of the core. Each returns the process exit code:
+// 0 success, 1 failure (the message is printed to stderr), 2 bad usage.
+#ifndef OPTREC_CORE_CLI_COMMANDS_H_
+#define OPTREC_CORE_CLI_COMMANDS_H_
+
+namespace optrec {
+
+// optrec generate: streams a continuation of --prompt (or --ids).
+int RunGenerate(int argc, char** argv);
+// optrec score: ranks --option texts after --context by length-normalised
+// log-likelihood (zero-shot scoring).
+int RunScore(int argc, char** argv);
+// optrec tokenize: one JSON string per stdin line to one JSON id array per
+// stdout line.
+int RunTokenize(int argc, char** argv);
+
+}  // namespace optrec
+
+#endif  // OPTREC_CORE_CLI_COMMANDS_H_
