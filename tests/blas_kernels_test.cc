@@ -1,6 +1,12 @@
 #include "core/runtime/blas_kernels.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "core/runtime/device.h"
 
@@ -43,6 +49,51 @@ TEST(BlasKernelsTest, RunningKernelsAreNotOlderThanTheCpuAllows) {
   ASSERT_NE(info.core_level, IsaLevel::kUnknown) << info.core_name;
   EXPECT_GE(info.core_level, info.cpu_level) << DescribeBlasKernels(info);
   EXPECT_LE(info.core_level, info.cpu_level) << DescribeBlasKernels(info);
+}
+
+// Run only as a child of the test below: prints what the child process
+// sees after its start-up.
+TEST(BlasKernelsTest, DISABLED_PrintEnvironmentForParent) {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  std::printf("OMP_WAIT_POLICY=%s\n", policy ? policy : "(unset)");
+  std::printf("KERNELS=%s\n",
+              DescribeBlasKernels(CurrentBlasKernels()).c_str());
+}
+
+std::string RunChild(const std::string& env_prefix) {
+  std::array<char, 4096> self{};
+  ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);
+  EXPECT_GT(n, 0);
+  std::string command =
+      "env -u OPTREC_BLAS_REEXEC -u OPTREC_BLAS_SELECTED -u OMP_WAIT_POLICY "
+      "-u GOMP_SPINCOUNT " +
+      env_prefix + " " + std::string(self.data()) +
+      " --gtest_also_run_disabled_tests "
+      "--gtest_filter=BlasKernelsTest.DISABLED_PrintEnvironmentForParent";
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  if (pipe == nullptr) return out;
+  std::array<char, 512> buffer;
+  while (std::fgets(buffer.data(), buffer.size(), pipe)) out += buffer.data();
+  EXPECT_EQ(pclose(pipe), 0) << out;
+  return out;
+}
+
+TEST(BlasKernelsTest, StartUpReexecutesWithPassiveOpenMpWaiting) {
+  std::string out = RunChild("");
+  EXPECT_NE(out.find("OMP_WAIT_POLICY=PASSIVE"), std::string::npos) << out;
+  EXPECT_NE(out.find("OpenMP waiting PASSIVE"), std::string::npos) << out;
+}
+
+TEST(BlasKernelsTest, UserSettingsWinOverStartUpChoices) {
+  std::string out =
+      RunChild("OMP_WAIT_POLICY=ACTIVE OPENBLAS_CORETYPE=Haswell");
+  EXPECT_NE(out.find("OMP_WAIT_POLICY=ACTIVE"), std::string::npos) << out;
+  if (out.find("OpenBLAS core") != std::string::npos) {
+    EXPECT_NE(out.find("core Haswell"), std::string::npos) << out;
+    EXPECT_NE(out.find("set by OPENBLAS_CORETYPE"), std::string::npos) << out;
+  }
 }
 
 TEST(BlasKernelsTest, ProductMatchesPlainLoop) {

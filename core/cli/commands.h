@@ -13,6 +13,9 @@ int RunScore(int argc, char** argv);
 // optrec tokenize: one JSON string per stdin line to one JSON id array per
 // stdout line.
 int RunTokenize(int argc, char** argv);
+// optrec random-model: writes a random-weight checkpoint (for benchmarks and
+// smoke tests of a deployment; its output is noise).
+int RunRandomModel(int argc, char** argv);
 
 }  // namespace optrec
 

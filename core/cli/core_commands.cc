@@ -1,5 +1,6 @@
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +14,7 @@
 #include "core/cli/args.h"
 #include "core/cli/commands.h"
 #include "core/model/generation.h"
+#include "core/model/random_model.h"
 #include "core/model/scoring.h"
 #include "core/model/transformer.h"
 #include "core/util/status_macros.h"
@@ -275,6 +277,79 @@ int RunTokenize(int argc, char** argv) {
   }
   std::cout << std::flush;
   return bad == 0 ? 0 : 1;
+}
+
+int RunRandomModel(int argc, char** argv) {
+  Args args("random-model",
+            "write a random-weight checkpoint in the Hugging Face layout",
+            {{"out", "directory to write (must not hold a config.json)"},
+             {"preset", "tiny-gpt2, tiny-llama or gpt2-small", true, false,
+              "tiny-gpt2"},
+             {"tokenizer",
+              "a tokenizer.json to copy in; its vocabulary "
+              "size becomes the model's"},
+             {"seed", "random seed", true, false, "1"},
+             kHelpFlag});
+  if (int code = ParseOrExit(args, argc, argv); code >= 0) return code;
+  if (!args.Has("out")) {
+    return Fail(absl::InvalidArgumentError("random-model: --out is required"));
+  }
+  const std::string out = args.Get("out");
+  if (std::filesystem::exists(out + "/config.json")) {
+    return Fail(absl::AlreadyExistsError(absl::StrCat(
+        "random-model: ", out, "/config.json exists; not overwriting")));
+  }
+  RandomModelSpec spec;
+  const std::string preset = args.Get("preset");
+  if (preset == "gpt2-small") {
+    spec = Gpt2SmallSpec();
+  } else if (preset == "tiny-gpt2" || preset == "tiny-llama") {
+    spec.model_type = preset == "tiny-gpt2" ? "gpt2" : "llama";
+    spec.hidden = 64;
+    spec.layers = 2;
+    spec.heads = 4;
+    spec.kv_heads = spec.model_type == "gpt2" ? 4 : 2;
+    spec.ffn = 4 * spec.hidden;
+    spec.vocab = 512;
+    spec.max_positions = 256;
+    spec.tied = true;
+  } else {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "random-model: --preset must be tiny-gpt2, tiny-llama or gpt2-small, "
+        "got '",
+        preset, "'")));
+  }
+  auto seed = args.GetInt("seed");
+  if (!seed.ok()) return Fail(seed.status());
+  spec.seed = static_cast<uint64_t>(*seed);
+  if (args.Has("tokenizer")) {
+    auto tokenizer = LoadTokenizerFile(args.Get("tokenizer"));
+    if (!tokenizer.ok()) return Fail(tokenizer.status());
+    spec.vocab = (*tokenizer)->vocab_size();
+    spec.bos_id = (*tokenizer)->special().bos_id;
+    spec.eos_id = (*tokenizer)->special().eos_id;
+    // GPT-2 style files name their one special token only as an added
+    // token; it serves as both.
+    if (auto eot = (*tokenizer)->TokenToId("<|endoftext|>")) {
+      if (spec.bos_id < 0) spec.bos_id = *eot;
+      if (spec.eos_id < 0) spec.eos_id = *eot;
+    }
+  }
+  absl::Status written = WriteRandomModel(out, spec);
+  if (written.ok() && args.Has("tokenizer")) {
+    std::error_code error;
+    std::filesystem::copy_file(args.Get("tokenizer"), out + "/tokenizer.json",
+                               error);
+    if (error) {
+      written = absl::InternalError(absl::StrCat(
+          "random-model: copying the tokenizer: ", error.message()));
+    }
+  }
+  if (!written.ok()) return Fail(written);
+  std::printf("wrote a random %s model (%s, vocabulary %ld) to %s\n",
+              spec.model_type.c_str(), preset.c_str(),
+              static_cast<long>(spec.vocab), out.c_str());
+  return 0;
 }
 
 }  // namespace optrec

@@ -13,7 +13,9 @@ constexpr char kUsage[] =
     "commands:\n"
     "  generate   continue a text (or token ids) with a model\n"
     "  score      rank options after a context by log-likelihood\n"
-    "  tokenize   turn JSON strings on stdin into token ids\n";
+    "  tokenize   turn JSON strings on stdin into token ids\n"
+    "  random-model  write a random-weight checkpoint (benchmarks, smoke "
+    "tests)\n";
 
 }  // namespace
 
@@ -24,7 +26,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
-  if (command != "generate" && command != "score" && command != "tokenize") {
+  if (command != "generate" && command != "score" && command != "tokenize" &&
+      command != "random-model") {
     std::fprintf(stderr, "optrec: unknown command '%s'\n%s", command.c_str(),
                  kUsage);
     return 2;
@@ -36,5 +39,6 @@ int main(int argc, char** argv) {
   }
   if (command == "generate") return optrec::RunGenerate(argc, argv);
   if (command == "score") return optrec::RunScore(argc, argv);
+  if (command == "random-model") return optrec::RunRandomModel(argc, argv);
   return optrec::RunTokenize(argc, argv);
 }

@@ -118,8 +118,8 @@ nlohmann::json RandomModelConfig(const RandomModelSpec& s) {
   nlohmann::json j;
   j["model_type"] = s.model_type;
   j["vocab_size"] = s.vocab;
-  j["bos_token_id"] = 1;
-  j["eos_token_id"] = 2;
+  if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
+  if (s.eos_id >= 0) j["eos_token_id"] = s.eos_id;
   if (s.model_type == "gpt2") {
     j["architectures"] = {"GPT2LMHeadModel"};
     j["n_embd"] = s.hidden;

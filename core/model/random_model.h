@@ -30,6 +30,8 @@ struct RandomModelSpec {
   torch::ScalarType disk_dtype = torch::kFloat32;
   int shards = 1;  // >1 writes model.safetensors.index.json
   uint64_t seed = 1;
+  int32_t bos_id = 1;         // written to config.json; -1 = none
+  int32_t eos_id = 2;         // written to config.json; -1 = none
   double weight_scale = 0.2;  // std of the random matrices
 };
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -20,6 +21,10 @@ namespace {
 
 constexpr char kCoreTypeVar[] = "OPENBLAS_CORETYPE";
 constexpr char kReexecVar[] = "OPTREC_BLAS_REEXEC";
+// Set to the core name when optrec (not the user) chose OPENBLAS_CORETYPE.
+constexpr char kSelectedVar[] = "OPTREC_BLAS_SELECTED";
+constexpr char kWaitPolicyVar[] = "OMP_WAIT_POLICY";
+constexpr char kSpinCountVar[] = "GOMP_SPINCOUNT";
 
 // OpenBLAS exports these C functions; LibTorch loads it through libblas.so.3,
 // so they are found in the global symbol table when OpenBLAS is the BLAS.
@@ -135,9 +140,10 @@ BlasKernelInfo CurrentBlasKernels() {
   info.config = CallString("openblas_get_config");
   info.library = info.core_name.empty() ? "unknown BLAS" : "OpenBLAS";
   info.core_level = OpenBlasCoreLevel(info.core_name);
-  const char* reexec = std::getenv(kReexecVar);
-  info.selected = reexec != nullptr && std::string(reexec) == "1";
+  info.selected = std::getenv(kSelectedVar) != nullptr;
   info.user_set = std::getenv(kCoreTypeVar) != nullptr && !info.selected;
+  const char* wait_policy = std::getenv(kWaitPolicyVar);
+  info.omp_wait_policy = wait_policy ? wait_policy : "";
   if (auto threads = FindSymbol<IntFn>("openblas_get_num_threads")) {
     info.threads = threads();
   }
@@ -152,32 +158,51 @@ std::string DescribeBlasKernels(const BlasKernelInfo& info) {
   const char* source = info.selected   ? "selected by optrec"
                        : info.user_set ? "set by OPENBLAS_CORETYPE"
                                        : "detected by OpenBLAS";
-  return absl::StrFormat("OpenBLAS core %s (cpu %s, %s, %d threads)",
-                         info.core_name, IsaLevelName(info.cpu_level), source,
-                         info.threads);
+  return absl::StrFormat(
+      "OpenBLAS core %s (cpu %s, %s, %d threads; OpenMP waiting %s)",
+      info.core_name, IsaLevelName(info.cpu_level), source, info.threads,
+      info.omp_wait_policy.empty() ? "default (spinning)"
+                                   : info.omp_wait_policy);
 }
 
 void SelectBlasKernels(int argc, char** argv) {
   (void)argc;
-  if (std::getenv(kCoreTypeVar) != nullptr) return;  // the user's choice
-  if (std::getenv(kReexecVar) != nullptr) return;    // tried once already
+  if (std::getenv(kReexecVar) != nullptr) return;  // tried once already
+  std::vector<std::pair<const char*, std::string>> wanted;
+
+  // Kernels no older than the CPU allows, unless the user chose a core.
   BlasKernelInfo info = CurrentBlasKernels();
-  if (info.core_name.empty()) return;  // not OpenBLAS: nothing to choose
-  if (info.core_level == IsaLevel::kUnknown ||
-      info.core_level >= info.cpu_level) {
-    return;
+  std::string core;
+  if (std::getenv(kCoreTypeVar) == nullptr && !info.core_name.empty() &&
+      info.core_level != IsaLevel::kUnknown &&
+      info.core_level < info.cpu_level) {
+    core = CoreTypeForLevel(info.cpu_level);
+    if (!core.empty()) {
+      wanted.emplace_back(kCoreTypeVar, core);
+      wanted.emplace_back(kSelectedVar, core);
+    }
   }
-  std::string core = CoreTypeForLevel(info.cpu_level);
-  if (core.empty()) return;
-  setenv(kCoreTypeVar, core.c_str(), /*overwrite=*/1);
+  // LibTorch's OpenMP threads spin after each parallel loop by default,
+  // taking the cores from OpenBLAS's own threads in the next product; on
+  // two cores that halves the speed of small batches. Passive waiting fixes
+  // it, unless the user tuned OpenMP waiting already.
+  if (std::getenv(kWaitPolicyVar) == nullptr &&
+      std::getenv(kSpinCountVar) == nullptr) {
+    wanted.emplace_back(kWaitPolicyVar, "PASSIVE");
+  }
+  if (wanted.empty()) return;
+
+  for (const auto& [name, value] : wanted) {
+    setenv(name, value.c_str(), /*overwrite=*/1);
+  }
   setenv(kReexecVar, "1", /*overwrite=*/1);
   execv("/proc/self/exe", argv);
-  // Only reached when execv failed; carry on with what OpenBLAS picked.
-  unsetenv(kCoreTypeVar);
-  LOG_WARNING << "could not re-execute to select OpenBLAS core " << core
-              << " (running " << info.core_name
-              << " kernels, slower than this CPU allows): "
-              << std::strerror(errno);
+  // Only reached when execv failed; carry on as loaded.
+  const std::string reason = std::strerror(errno);
+  for (const auto& [name, value] : wanted) unsetenv(name);
+  LOG_WARNING << "could not re-execute to set the kernel environment"
+              << (core.empty() ? "" : " (OpenBLAS core " + core + ")") << ": "
+              << reason << "; running " << DescribeBlasKernels(info);
 }
 
 absl::StatusOr<double> CheckBlasProduct() {

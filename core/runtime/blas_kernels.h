@@ -48,9 +48,10 @@ struct BlasKernelInfo {
   std::string core_name;  // openblas_get_corename(), empty when unknown
   IsaLevel cpu_level = IsaLevel::kUnknown;
   IsaLevel core_level = IsaLevel::kUnknown;
-  bool user_set = false;  // OPENBLAS_CORETYPE came from the user
-  bool selected = false;  // optrec set OPENBLAS_CORETYPE and re-executed
-  int threads = 0;        // openblas_get_num_threads(), 0 when unknown
+  bool user_set = false;        // OPENBLAS_CORETYPE came from the user
+  bool selected = false;        // optrec set OPENBLAS_CORETYPE and re-executed
+  std::string omp_wait_policy;  // OMP_WAIT_POLICY in force, empty if unset
+  int threads = 0;              // openblas_get_num_threads(), 0 when unknown
 };
 
 // Reads which BLAS and kernels the running process uses. Cheap; no compute.
@@ -61,13 +62,18 @@ BlasKernelInfo CurrentBlasKernels();
 std::string DescribeBlasKernels(const BlasKernelInfo& info);
 
 // To be called first in main(), before anything else runs, by every optrec
-// entry point. When the user has not set OPENBLAS_CORETYPE and the loaded
-// OpenBLAS runs kernels below this CPU's level, sets OPENBLAS_CORETYPE to the
-// matching core and re-executes the program (same argv, via /proc/self/exe);
-// in that case this call does not return. It never selects a core the CPU
-// lacks, never overrides the user's setting, and re-executes at most once
-// (guarded by the variable OPTREC_BLAS_REEXEC). If re-execution fails it logs
-// a warning and returns, leaving the slower kernels in place.
+// entry point. Two settings are read only when a library loads, so they are
+// made by setting the environment and re-executing the program once (same
+// argv, via /proc/self/exe); in that case this call does not return:
+//  - OPENBLAS_CORETYPE, when the user has not set it and the loaded OpenBLAS
+//    runs kernels below this CPU's level: the matching core (never one the
+//    CPU lacks);
+//  - OMP_WAIT_POLICY=PASSIVE, when the user has set neither it nor
+//    GOMP_SPINCOUNT: LibTorch's idle OpenMP threads otherwise spin and slow
+//    the BLAS threads down.
+// The user's own settings always win. Re-execution happens at most once
+// (guarded by OPTREC_BLAS_REEXEC); if it fails, a warning is logged and the
+// process carries on as loaded.
 void SelectBlasKernels(int argc, char** argv);
 
 // Multiplies two small random matrices with LibTorch (hence the BLAS) and
