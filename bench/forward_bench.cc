@@ -97,6 +97,7 @@ int Trace(const TransformerLM& model, const std::string& path) {
 }
 
 int Main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // figures appear as measured
   absl::Status started = InitProcess(argc, argv);
   if (!started.ok()) {
     std::fprintf(stderr, "forward_bench: %s\n", started.ToString().c_str());

@@ -206,12 +206,134 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
   return x * cos + rotated * sin;
 }
 
+}  // namespace
+
 // Everything the layers share within one call.
-struct CallContext {
+struct TransformerLM::CallContext {
   torch::Tensor rope_cos, rope_sin;  // [B, 1, T, E] (kLlama)
   torch::Tensor bias;                // [B, 1, 1, T, S] additive scores mask
   KVCache* cache = nullptr;
 };
+
+namespace {
+
+using CallContext = TransformerLM::CallContext;
+using CallInputs = TransformerLM::CallInputs;
+
+// The family's normalisation: RMSNorm (kLlama) or LayerNorm (kGpt2).
+torch::Tensor Norm(const ModelConfig& c, const torch::Tensor& x,
+                   const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (c.family == Family::kLlama) return RmsNorm(x, weight, c.norm_eps);
+  return torch::layer_norm(x, {c.hidden_size}, weight, bias, c.norm_eps);
+}
+
+// The attention mask of one call as additive scores, and RoPE angles.
+// Keys are the cached columns followed by this call's; a query sees a key
+// that is valid, not later than itself (inside its row's bidirectional
+// prefix: any prefix key), and within the sliding window if there is one.
+CallContext MakeContext(const ModelConfig& c, const TransformerLM::Weights& w,
+                        const CallInputs& in, const std::vector<RowInput>& rows,
+                        KVCache* cache, torch::ScalarType dtype) {
+  const int64_t b = in.positions.size(0), t = in.positions.size(1);
+  const auto dev = in.positions.device();
+  CallContext ctx;
+  ctx.cache = cache;
+  torch::Tensor key_pos = in.positions, key_valid = in.valid;  // [B, S]
+  if (cache != nullptr) {
+    std::tie(key_pos, key_valid) = cache->BeginStep(in.positions, in.valid);
+  }
+  torch::Tensor q_pos = in.positions.unsqueeze(2);     // [B, T, 1]
+  torch::Tensor k_pos = key_pos.unsqueeze(1);          // [B, 1, S]
+  torch::Tensor k_valid = key_valid.unsqueeze(1);      // [B, 1, S]
+  torch::Tensor allowed = k_valid & (k_pos <= q_pos);  // [B, T, S]
+  if (c.sliding_window > 0) {
+    allowed &= k_pos > q_pos - c.sliding_window;
+  }
+  std::vector<int64_t> prefix_end(b);
+  bool any_prefix = false;
+  for (int64_t r = 0; r < b; ++r) {
+    prefix_end[r] = in.starts[r] + rows[r].bidirectional_prefix;
+    any_prefix |= rows[r].bidirectional_prefix > 0;
+  }
+  if (any_prefix) {
+    torch::Tensor end =
+        torch::tensor(prefix_end, torch::kInt64).to(dev).view({b, 1, 1});
+    allowed |= k_valid & (q_pos < end) & (k_pos < end);
+  }
+  const int64_t s = key_pos.size(1);
+  ctx.bias = torch::zeros({b, t, s}, torch::dtype(torch::kFloat32).device(dev))
+                 .masked_fill_(allowed.logical_not(), kMaskedScore)
+                 .view({b, 1, 1, t, s});
+
+  if (c.family == Family::kLlama) {
+    // Angles [B, T, E/2] -> cos/sin [B, 1, T, E], in f32 like the reference.
+    torch::Tensor angles =
+        in.positions.to(torch::kFloat32).unsqueeze(-1) * w.inv_freq;
+    torch::Tensor full = torch::cat({angles, angles}, -1).unsqueeze(1);
+    ctx.rope_cos = full.cos().to(dtype);
+    ctx.rope_sin = full.sin().to(dtype);
+  }
+  return ctx;
+}
+
+// Self-attention of layer `layer` on x [B, T, D]; returns its output
+// projection [B, T, D] (before the residual add).
+torch::Tensor Attention(const ModelConfig& c, const LayerWeights& lw,
+                        int64_t layer, const torch::Tensor& x,
+                        const CallContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const int64_t h = c.num_heads, k = c.num_kv_heads, e = c.head_dim;
+  const int64_t g = h / k;
+  torch::Tensor normed = Norm(c, x, lw.attn_norm_w, lw.attn_norm_b);
+  torch::Tensor qkv = torch::linear(normed, lw.qkv_w, lw.qkv_b);
+  torch::Tensor q = qkv.narrow(-1, 0, h * e).view({b, t, h, e});
+  torch::Tensor kk = qkv.narrow(-1, h * e, k * e).view({b, t, k, e});
+  torch::Tensor v = qkv.narrow(-1, (h + k) * e, k * e).view({b, t, k, e});
+  if (c.qk_norm) {
+    q = RmsNorm(q, lw.q_norm_w, c.norm_eps);
+    kk = RmsNorm(kk, lw.k_norm_w, c.norm_eps);
+  }
+  q = q.transpose(1, 2);    // [B, H, T, E]
+  kk = kk.transpose(1, 2);  // [B, K, T, E]
+  v = v.transpose(1, 2);    // [B, K, T, E]
+  if (c.family == Family::kLlama) {
+    q = ApplyRope(q, ctx.rope_cos, ctx.rope_sin);
+    kk = ApplyRope(kk, ctx.rope_cos, ctx.rope_sin);
+  }
+  if (ctx.cache != nullptr) {
+    std::tie(kk, v) = ctx.cache->Store(layer, kk, v);  // [B, K, S, E]
+  }
+  const int64_t s = kk.size(2);
+  // Each key/value head serves G query heads: [B, K, G*T, E].
+  torch::Tensor qg = q.reshape({b, k, g * t, e});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(e));
+  torch::Tensor scores =
+      torch::matmul(qg, kk.transpose(-1, -2)).mul_(scale);  // [B,K,G*T,S]
+  torch::Tensor probs =
+      (scores.view({b, k, g, t, s}).to(torch::kFloat32) + ctx.bias)
+          .softmax(-1)
+          .to(v.scalar_type())
+          .view({b, k, g * t, s});
+  torch::Tensor attn = torch::matmul(probs, v)  // [B, K, G*T, E]
+                           .view({b, h, t, e})
+                           .transpose(1, 2)
+                           .reshape({b, t, h * e});
+  return torch::linear(attn, lw.o_w, lw.o_b);
+}
+
+// The MLP of one layer on its normalised input [B, T, D].
+torch::Tensor Mlp(const ModelConfig& c, const LayerWeights& lw,
+                  const torch::Tensor& x) {
+  torch::Tensor up = torch::linear(x, lw.up_w, lw.up_b);  // [B, T, 2F or F]
+  torch::Tensor act;
+  if (c.family == Family::kLlama) {
+    const int64_t f = c.intermediate_size;
+    act = torch::silu(up.narrow(-1, 0, f)) * up.narrow(-1, f, f);
+  } else {
+    act = torch::gelu(up, c.activation == "gelu" ? "none" : "tanh");
+  }
+  return torch::linear(act, lw.down_w, lw.down_b);  // [B, T, D]
+}
 
 }  // namespace
 
@@ -362,186 +484,98 @@ absl::StatusOr<ForwardOutput> TransformerLM::Forward(
   return out;
 }
 
-torch::Tensor TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
-                                         KVCache* cache,
-                                         const ForwardOptions& options,
-                                         ForwardOutput* out) const {
-  const ModelConfig& c = config_;
-  const Weights& w = *weights_;
+void TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
+                                KVCache* cache, const ForwardOptions& options,
+                                ForwardOutput* out) const {
+  CallInputs in = PrepareInputs(rows, cache);
+  CallContext ctx =
+      MakeContext(config_, *weights_, in, rows, cache, device_.dtype);
+  torch::Tensor x = in.x;  // [B, T, D]
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& lw = weights_->layers[l];
+    x = x + Attention(config_, lw, l, x, ctx);
+    torch::Tensor mlp_in = Norm(config_, x, lw.mlp_norm_w, lw.mlp_norm_b);
+    torch::Tensor mlp_out = Mlp(config_, lw, mlp_in);
+    if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
+    x = x + mlp_out;
+  }
+  out->hidden = Norm(config_, x, weights_->final_norm_w,
+                     weights_->final_norm_b);  // [B, T, D]
+  out->valid = in.valid;
+  out->positions = in.positions;
+  out->lengths = std::move(in.lengths);
+  if (options.logits == ForwardOptions::Logits::kAll) {
+    out->logits = Project(out->hidden);  // [B, T, V]
+  } else if (options.logits == ForwardOptions::Logits::kLast) {
+    const int64_t b = static_cast<int64_t>(rows.size());
+    std::vector<int64_t> last(b);
+    for (int64_t r = 0; r < b; ++r) {
+      last[r] = std::max<int64_t>(0, out->lengths[r] - 1);
+    }
+    const auto long_opts = torch::dtype(torch::kInt64).device(device_.device);
+    torch::Tensor index = torch::tensor(last).to(long_opts);
+    torch::Tensor row_index = torch::arange(b, long_opts);
+    out->logits = Project(out->hidden.index({row_index, index}));  // [B, V]
+  }
+}
+
+TransformerLM::CallInputs TransformerLM::PrepareInputs(
+    const std::vector<RowInput>& rows, KVCache* cache) const {
   const int64_t b = static_cast<int64_t>(rows.size());
   const auto dev = device_.device;
-  const auto long_opts = torch::dtype(torch::kInt64);
+  CallInputs in;
 
-  // Row layout: [prompt (P) | ids (N) | padding] along T.
-  std::vector<int64_t> prompt_len(b, 0), start(b, 0), prefix_end(b, 0);
-  out->lengths.assign(b, 0);
+  // Row layout along T: [prompt (P) | ids (N) | padding].
+  std::vector<int64_t> prompt_len(b, 0);
+  in.lengths.assign(b, 0);
+  in.starts.assign(b, 0);
   for (int64_t r = 0; r < b; ++r) {
     prompt_len[r] = rows[r].prompt.defined() ? rows[r].prompt.size(0) : 0;
-    out->lengths[r] = prompt_len[r] + rows[r].ids.size();
-    start[r] = cache ? cache->next_position(r) : 0;
-    prefix_end[r] = start[r] + rows[r].bidirectional_prefix;
+    in.lengths[r] = prompt_len[r] + rows[r].ids.size();
+    in.starts[r] = cache ? cache->next_position(r) : 0;
   }
-  const int64_t t = *std::max_element(out->lengths.begin(), out->lengths.end());
+  const int64_t t = *std::max_element(in.lengths.begin(), in.lengths.end());
 
-  torch::Tensor ids = torch::zeros({b, t}, long_opts);        // [B, T]
-  torch::Tensor positions = torch::zeros({b, t}, long_opts);  // [B, T]
-  torch::Tensor valid = torch::zeros({b, t}, torch::kBool);   // [B, T]
-  {
-    auto ids_a = ids.accessor<int64_t, 2>();
-    auto pos_a = positions.accessor<int64_t, 2>();
-    auto valid_a = valid.accessor<bool, 2>();
-    for (int64_t r = 0; r < b; ++r) {
-      for (size_t i = 0; i < rows[r].ids.size(); ++i) {
-        ids_a[r][prompt_len[r] + i] = rows[r].ids[i];
-      }
-      for (int64_t i = 0; i < t; ++i) {
-        pos_a[r][i] = start[r] + i;
-        valid_a[r][i] = i < out->lengths[r];
-      }
+  torch::Tensor ids = torch::zeros({b, t}, torch::kInt64);        // [B, T]
+  torch::Tensor positions = torch::zeros({b, t}, torch::kInt64);  // [B, T]
+  torch::Tensor valid = torch::zeros({b, t}, torch::kBool);       // [B, T]
+  auto ids_a = ids.accessor<int64_t, 2>();
+  auto pos_a = positions.accessor<int64_t, 2>();
+  auto valid_a = valid.accessor<bool, 2>();
+  for (int64_t r = 0; r < b; ++r) {
+    for (size_t i = 0; i < rows[r].ids.size(); ++i) {
+      ids_a[r][prompt_len[r] + i] = rows[r].ids[i];
+    }
+    for (int64_t i = 0; i < t; ++i) {
+      pos_a[r][i] = in.starts[r] + i;
+      valid_a[r][i] = i < in.lengths[r];
     }
   }
-  ids = ids.to(dev);
-  positions = positions.to(dev);
-  valid = valid.to(dev);
+  in.positions = positions.to(dev);
+  in.valid = valid.to(dev);
 
   // Input embeddings [B, T, D], soft prompts in front of their rows' tokens.
-  torch::Tensor x = EmbedTokens(ids);
+  in.x = EmbedTokens(ids.to(dev));
   bool any_prompt = false;
   for (const RowInput& row : rows) any_prompt |= row.prompt.defined();
   if (any_prompt) {
     std::vector<torch::Tensor> row_inputs;
     for (int64_t r = 0; r < b; ++r) {
       if (prompt_len[r] == 0) {
-        row_inputs.push_back(x[r]);
+        row_inputs.push_back(in.x[r]);
         continue;
       }
       torch::Tensor prompt = rows[r].prompt.to(dev, device_.dtype);  // [P, D]
-      row_inputs.push_back(torch::cat(
-          {prompt, x[r].narrow(0, prompt_len[r], t - prompt_len[r])}, 0));
+      torch::Tensor tokens =
+          in.x[r].narrow(0, prompt_len[r], t - prompt_len[r]);
+      row_inputs.push_back(torch::cat({prompt, tokens}, 0));  // [T, D]
     }
-    x = torch::stack(row_inputs);
+    in.x = torch::stack(row_inputs);
   }
-  if (c.family == Family::kGpt2) {
-    x = x + torch::embedding(w.pos_embed, positions);
+  if (config_.family == Family::kGpt2) {
+    in.x = in.x + torch::embedding(weights_->pos_embed, in.positions);
   }
-
-  // Attention mask over all keys (cached and new), by position and validity.
-  CallContext ctx;
-  ctx.cache = cache;
-  torch::Tensor key_pos = positions, key_valid = valid;  // [B, S]
-  if (cache != nullptr) {
-    std::tie(key_pos, key_valid) = cache->BeginStep(positions, valid);
-  }
-  torch::Tensor q_pos = positions.unsqueeze(2);  // [B, T, 1]
-  torch::Tensor k_pos = key_pos.unsqueeze(1);    // [B, 1, S]
-  torch::Tensor allowed = key_valid.unsqueeze(1) & (k_pos <= q_pos);
-  if (c.sliding_window > 0) {
-    allowed &= k_pos > q_pos - c.sliding_window;
-  }
-  bool any_prefix = false;
-  for (const RowInput& row : rows) any_prefix |= row.bidirectional_prefix > 0;
-  if (any_prefix) {
-    torch::Tensor end =
-        torch::tensor(prefix_end, long_opts).to(dev).view({b, 1, 1});
-    allowed |= key_valid.unsqueeze(1) & (q_pos < end) & (k_pos < end);
-  }
-  ctx.bias =
-      torch::zeros(allowed.sizes(), torch::dtype(torch::kFloat32).device(dev))
-          .masked_fill_(allowed.logical_not(), kMaskedScore)
-          .view({b, 1, 1, t, key_pos.size(1)});  // [B, 1, 1, T, S]
-
-  if (c.family == Family::kLlama) {
-    // Angles [B, T, E/2] -> cos/sin [B, 1, T, E], in f32 like the reference.
-    torch::Tensor angles =
-        positions.to(torch::kFloat32).unsqueeze(-1) * w.inv_freq;
-    torch::Tensor full = torch::cat({angles, angles}, -1).unsqueeze(1);
-    ctx.rope_cos = full.cos().to(device_.dtype);
-    ctx.rope_sin = full.sin().to(device_.dtype);
-  }
-
-  const int64_t h = c.num_heads, k = c.num_kv_heads, e = c.head_dim;
-  const int64_t g = h / k;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(e));
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    // Attention block.
-    torch::Tensor normed =
-        c.family == Family::kLlama
-            ? RmsNorm(x, lw.attn_norm_w, c.norm_eps)
-            : torch::layer_norm(x, {c.hidden_size}, lw.attn_norm_w,
-                                lw.attn_norm_b, c.norm_eps);
-    torch::Tensor qkv = torch::linear(normed, lw.qkv_w, lw.qkv_b);
-    torch::Tensor q = qkv.narrow(-1, 0, h * e).view({b, t, h, e});
-    torch::Tensor kk = qkv.narrow(-1, h * e, k * e).view({b, t, k, e});
-    torch::Tensor v = qkv.narrow(-1, (h + k) * e, k * e).view({b, t, k, e});
-    if (c.qk_norm) {
-      q = RmsNorm(q, lw.q_norm_w, c.norm_eps);
-      kk = RmsNorm(kk, lw.k_norm_w, c.norm_eps);
-    }
-    q = q.transpose(1, 2);    // [B, H, T, E]
-    kk = kk.transpose(1, 2);  // [B, K, T, E]
-    v = v.transpose(1, 2);    // [B, K, T, E]
-    if (c.family == Family::kLlama) {
-      q = ApplyRope(q, ctx.rope_cos, ctx.rope_sin);
-      kk = ApplyRope(kk, ctx.rope_cos, ctx.rope_sin);
-    }
-    if (cache != nullptr) {
-      std::tie(kk, v) = cache->Store(l, kk, v);  // [B, K, S, E]
-    }
-    const int64_t s = kk.size(2);
-    // Each key/value head serves G query heads: [B, K, G*T, E].
-    torch::Tensor qg = q.reshape({b, k, g * t, e});
-    torch::Tensor scores =
-        torch::matmul(qg, kk.transpose(-1, -2)).mul_(scale);  // [B,K,G*T,S]
-    torch::Tensor probs =
-        (scores.view({b, k, g, t, s}).to(torch::kFloat32) + ctx.bias)
-            .softmax(-1)
-            .to(v.scalar_type())
-            .view({b, k, g * t, s});
-    torch::Tensor attn = torch::matmul(probs, v)  // [B, K, G*T, E]
-                             .view({b, h, t, e})
-                             .transpose(1, 2)
-                             .reshape({b, t, h * e});
-    x = x + torch::linear(attn, lw.o_w, lw.o_b);
-
-    // MLP block.
-    torch::Tensor mlp_in =
-        c.family == Family::kLlama
-            ? RmsNorm(x, lw.mlp_norm_w, c.norm_eps)
-            : torch::layer_norm(x, {c.hidden_size}, lw.mlp_norm_w,
-                                lw.mlp_norm_b, c.norm_eps);
-    torch::Tensor up = torch::linear(mlp_in, lw.up_w, lw.up_b);
-    torch::Tensor act;
-    if (c.family == Family::kLlama) {
-      const int64_t f = c.intermediate_size;
-      act = torch::silu(up.narrow(-1, 0, f)) * up.narrow(-1, f, f);
-    } else {
-      act = torch::gelu(up, c.activation == "gelu" ? "none" : "tanh");
-    }
-    torch::Tensor mlp_out = torch::linear(act, lw.down_w, lw.down_b);
-    if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
-    x = x + mlp_out;
-  }
-
-  torch::Tensor hidden =
-      c.family == Family::kLlama
-          ? RmsNorm(x, w.final_norm_w, c.norm_eps)
-          : torch::layer_norm(x, {c.hidden_size}, w.final_norm_w,
-                              w.final_norm_b, c.norm_eps);
-  out->hidden = hidden;
-  out->valid = valid;
-  out->positions = positions;
-  if (options.logits == ForwardOptions::Logits::kAll) {
-    out->logits = Project(hidden);
-  } else if (options.logits == ForwardOptions::Logits::kLast) {
-    std::vector<int64_t> last(b);
-    for (int64_t r = 0; r < b; ++r)
-      last[r] = std::max<int64_t>(0, out->lengths[r] - 1);
-    torch::Tensor index = torch::tensor(last, long_opts).to(dev);
-    torch::Tensor rows_index = torch::arange(b, long_opts.device(dev));
-    out->logits = Project(hidden.index({rows_index, index}));  // [B, V]
-  }
-  return hidden;
+  return in;
 }
 
 }  // namespace optrec

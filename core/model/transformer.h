@@ -118,14 +118,25 @@ class TransformerLM {
   // Logits [.., V] of final hidden states [.., D].
   torch::Tensor Project(const torch::Tensor& hidden) const;
 
+  // Internals of the forward pass, named here so that the helpers in
+  // transformer.cc can use them.
   struct Weights;
+  struct CallContext;
+  // One call's input embeddings [B, T, D], positions and validity [B, T],
+  // row lengths (prompt + ids) and each row's first position.
+  struct CallInputs {
+    torch::Tensor x, positions, valid;
+    std::vector<int64_t> lengths, starts;
+  };
 
  private:
   TransformerLM() = default;
 
-  torch::Tensor ForwardImpl(const std::vector<RowInput>& rows, KVCache* cache,
-                            const ForwardOptions& options,
-                            ForwardOutput* out) const;
+  // Forward after validation; LibTorch errors propagate as c10::Error.
+  void ForwardImpl(const std::vector<RowInput>& rows, KVCache* cache,
+                   const ForwardOptions& options, ForwardOutput* out) const;
+  CallInputs PrepareInputs(const std::vector<RowInput>& rows,
+                           KVCache* cache) const;
 
   std::string dir_;
   ModelConfig config_;
