@@ -10,7 +10,9 @@ jobs=${OPTREC_JOBS:-$(nproc)}
 
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
-if [[ ! -f "$build/CMakeCache.txt" ]]; then
+if [[ ! -f "$build/build.ninja" && ! -f "$build/Makefile" ]]; then
+  # No usable build tree (none yet, or a configure that failed half-way).
+  rm -f "$build/CMakeCache.txt"
   cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "$@"
 elif [[ $# -gt 0 ]]; then
   cmake -S "$root" -B "$build" "$@"

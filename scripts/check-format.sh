@@ -4,6 +4,10 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  echo "check-format: $root is not a git checkout" >&2
+  exit 1
+fi
 mapfile -t files < <(git ls-files '*.cc' '*.h')
 if [[ ${#files[@]} -eq 0 ]]; then exit 0; fi
 bad=()

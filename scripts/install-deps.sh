@@ -26,9 +26,14 @@ if [[ "${OPTREC_SKIP_APT:-0}" == "1" ]]; then
   exit 0
 fi
 
-sudo_cmd=()
+as_root=(env DEBIAN_FRONTEND=noninteractive)
 if [[ "$(id -u)" != "0" ]]; then
-  sudo_cmd=(sudo)
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "install-deps: not root and sudo is missing; run as root:" >&2
+    echo "  apt-get install ${packages[*]}" >&2
+    exit 1
+  fi
+  as_root=(sudo DEBIAN_FRONTEND=noninteractive)
 fi
 
 missing=()
@@ -45,6 +50,5 @@ if [[ ${#missing[@]} -eq 0 ]]; then
 fi
 
 echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -q
-"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+"${as_root[@]}" apt-get update -q
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

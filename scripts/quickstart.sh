@@ -23,7 +23,7 @@ if [[ -z "$model" && -f "$shared/models/llama-gqa-tiny/config.json" ]]; then
 fi
 if [[ -z "$model" ]]; then
   model="$root/build/models/random-tiny-gpt2"
-  if [[ ! -f "$model/config.json" ]]; then
+  if [[ ! -f "$model/model.safetensors" ]]; then
     tok=()
     if [[ -f "$shared/tokenizers/gpt2/tokenizer.json" ]]; then
       tok=(--tokenizer "$shared/tokenizers/gpt2/tokenizer.json")

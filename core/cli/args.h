@@ -36,6 +36,7 @@ class Args {
   absl::StatusOr<double> GetDouble(const std::string& name) const;
 
   std::string Usage() const;
+  const std::string& command() const { return command_; }
 
  private:
   const Flag* Find(const std::string& name) const;

@@ -1,5 +1,6 @@
 // The optrec subcommands of the core. Each returns the process exit code:
-// 0 success, 1 failure (the message is printed to stderr), 2 bad usage.
+// 0 success, 1 the job failed (bad model, bad input text or ids, I/O), 2 the
+// command line was wrong (unknown or missing flags). Messages go to stderr.
 #ifndef OPTREC_CORE_CLI_COMMANDS_H_
 #define OPTREC_CORE_CLI_COMMANDS_H_
 

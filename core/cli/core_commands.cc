@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -48,18 +50,33 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag,
   return ids;
 }
 
+// A failure of the job itself: exit code 1.
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "optrec: %s\n", std::string(status.message()).c_str());
-  return absl::IsInvalidArgument(status) ? 2 : 1;
+  return 1;
 }
 
-// Parses flags; returns -1 to go on, or the exit code to return now.
-int ParseOrExit(Args& args, int argc, char** argv) {
+// A problem with the command line: exit code 2.
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "optrec: %s\n", message.c_str());
+  return 2;
+}
+
+// Parses flags and checks that `required` ones are present; returns -1 to
+// go on, or the exit code to return now.
+int ParseOrExit(Args& args, int argc, char** argv,
+                const std::vector<std::string>& required = {}) {
   absl::Status parsed = args.Parse(argc, argv, 2);
-  if (!parsed.ok()) return Fail(parsed);
+  if (!parsed.ok()) return UsageError(std::string(parsed.message()));
   if (args.Has("help")) {
     std::fputs(args.Usage().c_str(), stdout);
     return 0;
+  }
+  for (const std::string& flag : required) {
+    if (!args.Has(flag)) {
+      return UsageError(
+          absl::StrCat(args.command(), ": --", flag, " is required"));
+    }
   }
   return -1;
 }
@@ -205,7 +222,9 @@ int RunGenerate(int argc, char** argv) {
              kDeviceFlag,
              kDtypeFlag,
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv); code >= 0) return code;
+  if (int code = ParseOrExit(args, argc, argv, {"model"}); code >= 0) {
+    return code;
+  }
   absl::Status status = Generate(args);
   return status.ok() ? 0 : Fail(status);
 }
@@ -224,7 +243,9 @@ int RunScore(int argc, char** argv) {
              kDeviceFlag,
              kDtypeFlag,
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv); code >= 0) return code;
+  if (int code = ParseOrExit(args, argc, argv, {"model"}); code >= 0) {
+    return code;
+  }
   absl::Status status = Score(args);
   return status.ok() ? 0 : Fail(status);
 }
@@ -246,8 +267,7 @@ int RunTokenize(int argc, char** argv) {
   } else if (args.Has("model")) {
     tokenizer = LoadTokenizerFromDir(args.Get("model"));
   } else {
-    return Fail(absl::InvalidArgumentError(
-        "tokenize: give --model DIR or --tokenizer FILE"));
+    return UsageError("tokenize: give --model DIR or --tokenizer FILE");
   }
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   const bool add_special = args.Has("add-special");
@@ -290,14 +310,14 @@ int RunRandomModel(int argc, char** argv) {
               "size becomes the model's"},
              {"seed", "random seed", true, false, "1"},
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv); code >= 0) return code;
-  if (!args.Has("out")) {
-    return Fail(absl::InvalidArgumentError("random-model: --out is required"));
+  if (int code = ParseOrExit(args, argc, argv, {"out"}); code >= 0) {
+    return code;
   }
   const std::string out = args.Get("out");
-  if (std::filesystem::exists(out + "/config.json")) {
-    return Fail(absl::AlreadyExistsError(absl::StrCat(
-        "random-model: ", out, "/config.json exists; not overwriting")));
+  std::error_code fs_error;
+  if (std::filesystem::exists(out, fs_error)) {
+    return Fail(absl::AlreadyExistsError(
+        absl::StrCat("random-model: ", out, " exists; not overwriting")));
   }
   RandomModelSpec spec;
   const std::string preset = args.Get("preset");
@@ -314,10 +334,10 @@ int RunRandomModel(int argc, char** argv) {
     spec.max_positions = 256;
     spec.tied = true;
   } else {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
+    return UsageError(absl::StrCat(
         "random-model: --preset must be tiny-gpt2, tiny-llama or gpt2-small, "
         "got '",
-        preset, "'")));
+        preset, "'"));
   }
   auto seed = args.GetInt("seed");
   if (!seed.ok()) return Fail(seed.status());
@@ -335,17 +355,30 @@ int RunRandomModel(int argc, char** argv) {
       if (spec.eos_id < 0) spec.eos_id = *eot;
     }
   }
-  absl::Status written = WriteRandomModel(out, spec);
+  // Written beside `out` and renamed into place, so an interrupted run
+  // leaves no half-written model under that name.
+  const std::string staging = absl::StrCat(out, ".partial-", getpid());
+  absl::Status written = WriteRandomModel(staging, spec);
   if (written.ok() && args.Has("tokenizer")) {
-    std::error_code error;
-    std::filesystem::copy_file(args.Get("tokenizer"), out + "/tokenizer.json",
-                               error);
-    if (error) {
+    std::filesystem::copy_file(args.Get("tokenizer"),
+                               staging + "/tokenizer.json", fs_error);
+    if (fs_error) {
       written = absl::InternalError(absl::StrCat(
-          "random-model: copying the tokenizer: ", error.message()));
+          "random-model: copying the tokenizer: ", fs_error.message()));
     }
   }
-  if (!written.ok()) return Fail(written);
+  if (written.ok()) {
+    std::filesystem::rename(staging, out, fs_error);
+    if (fs_error) {
+      written = absl::InternalError(absl::StrCat("random-model: moving ",
+                                                 staging, " to ", out, ": ",
+                                                 fs_error.message()));
+    }
+  }
+  if (!written.ok()) {
+    std::filesystem::remove_all(staging, fs_error);
+    return Fail(written);
+  }
   std::printf("wrote a random %s model (%s, vocabulary %ld) to %s\n",
               spec.model_type.c_str(), preset.c_str(),
               static_cast<long>(spec.vocab), out.c_str());

@@ -1,6 +1,9 @@
 // optrec: one binary, one subcommand per job.
+#include <c10/util/Exception.h>
+
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "core/cli/commands.h"
@@ -37,8 +40,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "optrec: %s\n", started.ToString().c_str());
     return 1;
   }
-  if (command == "generate") return optrec::RunGenerate(argc, argv);
-  if (command == "score") return optrec::RunScore(argc, argv);
-  if (command == "random-model") return optrec::RunRandomModel(argc, argv);
-  return optrec::RunTokenize(argc, argv);
+  // The last boundary: whatever a command lets escape ends it with a
+  // message and exit code 1, never an abort.
+  try {
+    if (command == "generate") return optrec::RunGenerate(argc, argv);
+    if (command == "score") return optrec::RunScore(argc, argv);
+    if (command == "random-model") return optrec::RunRandomModel(argc, argv);
+    return optrec::RunTokenize(argc, argv);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "optrec %s: internal error: %s\n", command.c_str(),
+                 e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "optrec %s: internal error: %s\n", command.c_str(),
+                 e.what());
+  }
+  return 1;
 }

@@ -1,6 +1,7 @@
 #include "core/model/generation.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "core/util/status_macros.h"
@@ -26,6 +27,12 @@ struct Decoder::Sequence {
   TokenSampler sampler;
   std::vector<int32_t> stop_ids;
   GenerationResult result;
+  // Text decoding in the context of the prompt, so that spaces and
+  // multi-token characters come out as in a whole decode; null without a
+  // tokenizer.
+  std::unique_ptr<DecodeStream> stream;
+  // Tokens that can still be fed before the model's position limit.
+  int64_t positions_left = 0;
   size_t emitted = 0;  // bytes of result.text already reported
   bool done = false;
   int32_t pending = -1;  // sampled, not yet fed to the model
@@ -35,31 +42,15 @@ struct Decoder::Sequence {
 
 namespace {
 
-// Bytes at the end of `text` that may not be reported yet: an incomplete
-// UTF-8 character, a replacement character that may still resolve, or a
-// prefix of a stop sequence.
+// Bytes at the end of `text` that may not be reported yet because they could
+// be the start of a stop sequence. (Incomplete characters never reach the
+// text: DecodeStream holds them.)
 size_t HeldBack(const std::string& text, const std::vector<std::string>& stop) {
   size_t held = 0;
-  // Incomplete UTF-8 sequence at the end.
-  for (size_t back = 1; back <= std::min<size_t>(4, text.size()); ++back) {
-    unsigned char ch = text[text.size() - back];
-    if ((ch & 0xC0) == 0x80) continue;  // continuation byte
-    size_t need = ch < 0x80          ? 1
-                  : (ch >> 5) == 0x6 ? 2
-                  : (ch >> 4) == 0xE ? 3
-                                     : 4;
-    if (need > back) held = back;
-    break;
-  }
-  static const std::string kReplacement = "\xEF\xBF\xBD";
-  if (text.size() >= kReplacement.size() &&
-      text.compare(text.size() - 3, 3, kReplacement) == 0) {
-    held = std::max<size_t>(held, 3);
-  }
   for (const std::string& s : stop) {
-    for (size_t len = std::min(s.size() - 1, text.size()); len > 0; --len) {
+    for (size_t len = std::min(s.size() - 1, text.size()); len > held; --len) {
       if (text.compare(text.size() - len, len, s, 0, len) == 0) {
-        held = std::max(held, len);
+        held = len;
         break;
       }
     }
@@ -71,6 +62,8 @@ size_t HeldBack(const std::string& text, const std::vector<std::string>& stop) {
 
 Decoder::Decoder(std::shared_ptr<const TransformerLM> model)
     : model_(std::move(model)) {}
+
+Decoder::~Decoder() = default;
 
 bool Decoder::finished(int64_t sequence) const {
   return sequences_[sequence]->done;
@@ -89,30 +82,39 @@ void Decoder::Cancel(int64_t sequence) {
 
 void Decoder::Accept(Sequence& s, int64_t index, int32_t id,
                      const TokenCallback& on_token) {
-  const Tokenizer* tokenizer = model_->tokenizer();
-  if (std::find(s.stop_ids.begin(), s.stop_ids.end(), id) != s.stop_ids.end()) {
+  const bool stop_id =
+      std::find(s.stop_ids.begin(), s.stop_ids.end(), id) != s.stop_ids.end();
+  if (stop_id) {
     s.done = true;
     s.result.finish = FinishReason::kStopId;
   } else {
     s.result.ids.push_back(id);
     s.pending = id;
-    if (tokenizer != nullptr) {
-      auto text = tokenizer->Decode(s.result.ids, /*skip_special=*/true);
-      if (text.ok()) s.result.text = *std::move(text);
+    --s.positions_left;
+    if (s.stream != nullptr) {
+      // An id the tokenizer does not know (models often pad their
+      // vocabulary) adds no text.
+      auto piece = s.stream->Push(id);
+      if (piece.ok()) s.result.text += *piece;
     }
-    for (const std::string& stop : s.params.stop) {
-      size_t at = s.result.text.find(
-          stop, s.emitted > stop.size() ? s.emitted - stop.size() : 0);
-      if (at != std::string::npos) {
-        s.result.text.resize(at);
-        s.done = true;
-        s.result.finish = FinishReason::kStopSequence;
-      }
-    }
-    if (!s.done &&
-        static_cast<int64_t>(s.result.ids.size()) >= s.params.max_tokens) {
+    // positions_left < 0: this token would not fit the position table.
+    if (static_cast<int64_t>(s.result.ids.size()) >= s.params.max_tokens ||
+        s.positions_left < 0) {
       s.done = true;
       s.result.finish = FinishReason::kLength;
+    }
+  }
+  if (s.done && s.stream != nullptr) {
+    auto rest = s.stream->Finish();
+    if (rest.ok()) s.result.text += *rest;
+  }
+  for (const std::string& stop : s.params.stop) {
+    // Text before `emitted` holds no stop sequence's start (see HeldBack).
+    size_t at = s.result.text.find(stop, s.emitted);
+    if (at != std::string::npos) {
+      s.result.text.resize(at);
+      s.done = true;
+      s.result.finish = FinishReason::kStopSequence;
     }
   }
   size_t ready = s.result.text.size();
@@ -122,9 +124,8 @@ void Decoder::Accept(Sequence& s, int64_t index, int32_t id,
     delta = s.result.text.substr(s.emitted, ready - s.emitted);
     s.emitted = ready;
   }
-  const bool produced = s.result.finish != FinishReason::kStopId || !s.done;
-  if (on_token && (produced || !delta.empty())) {
-    if (!on_token(index, produced ? id : -1, delta) && !s.done) {
+  if (on_token && (!stop_id || !delta.empty())) {
+    if (!on_token(index, stop_id ? -1 : id, delta) && !s.done) {
       s.done = true;
       s.result.finish = FinishReason::kCancelled;
     }
@@ -163,24 +164,42 @@ absl::StatusOr<std::vector<int64_t>> Decoder::Join(
   options.logits = ForwardOptions::Logits::kLast;
   ASSIGN_OR_RETURN(ForwardOutput out,
                    model_->Forward(rows, cache.get(), options));
+
+  // Sample every first token before changing any state, so that a failure
+  // leaves the decoder as it was.
+  std::vector<std::unique_ptr<Sequence>> fresh;
+  std::vector<int32_t> first;
+  const ModelConfig& config = model_->config();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto s = std::make_unique<Sequence>(requests[i].params);
+    s->stop_ids = requests[i].params.stop_ids.empty()
+                      ? config.eos_ids
+                      : requests[i].params.stop_ids;
+    // Learned position tables end; RoPE models may run on.
+    s->positions_left = config.family == Family::kGpt2
+                            ? config.max_positions - out.lengths[i]
+                            : std::numeric_limits<int64_t>::max();
+    if (model_->shared_tokenizer() != nullptr) {
+      s->stream = std::make_unique<DecodeStream>(model_->shared_tokenizer(),
+                                                 /*skip_special=*/true);
+      for (int32_t id : requests[i].prompt_ids) (void)s->stream->Push(id);
+    }
+    ASSIGN_OR_RETURN(int32_t id, s->sampler.Next(out.logits[i]));
+    first.push_back(id);
+    fresh.push_back(std::move(s));
+  }
   if (cache_ == nullptr) {
     cache_ = std::move(cache);
   } else {
     RETURN_IF_ERROR(cache_->AppendRows(*cache));
   }
-
   std::vector<int64_t> indices;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto s = std::make_unique<Sequence>(requests[i].params);
-    s->stop_ids = requests[i].params.stop_ids.empty()
-                      ? model_->config().eos_ids
-                      : requests[i].params.stop_ids;
+  for (size_t i = 0; i < fresh.size(); ++i) {
     const int64_t index = static_cast<int64_t>(sequences_.size());
     indices.push_back(index);
     active_.push_back(index);
-    sequences_.push_back(std::move(s));
-    Accept(*sequences_.back(), index,
-           sequences_.back()->sampler.Next(out.logits[i]), on_token);
+    sequences_.push_back(std::move(fresh[i]));
+    Accept(*sequences_.back(), index, first[i], on_token);
   }
   DropFinished();
   return indices;
@@ -198,9 +217,14 @@ absl::Status Decoder::Step(const TokenCallback& on_token) {
   options.logits = ForwardOptions::Logits::kLast;
   ASSIGN_OR_RETURN(ForwardOutput out,
                    model_->Forward(rows, cache_.get(), options));
+  // Sample all rows first: a failure then fails the step as a whole.
+  std::vector<int32_t> next(active_.size());
   for (size_t r = 0; r < active_.size(); ++r) {
-    Sequence& s = *sequences_[active_[r]];
-    Accept(s, active_[r], s.sampler.Next(out.logits[r]), on_token);
+    ASSIGN_OR_RETURN(next[r],
+                     sequences_[active_[r]]->sampler.Next(out.logits[r]));
+  }
+  for (size_t r = 0; r < active_.size(); ++r) {
+    Accept(*sequences_[active_[r]], active_[r], next[r], on_token);
   }
   DropFinished();
   return absl::OkStatus();
@@ -220,7 +244,8 @@ void Decoder::DropFinished() {
     cache_.reset();
     return;
   }
-  cache_->SelectRows(keep_rows);
+  // keep_rows are indices of current rows, always in range.
+  (void)cache_->SelectRows(keep_rows);
   cache_->Compact();
 }
 

@@ -46,6 +46,9 @@ using TokenCallback = std::function<bool(int64_t sequence, int32_t id,
 class Decoder {
  public:
   explicit Decoder(std::shared_ptr<const TransformerLM> model);
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
 
   // Adds sequences: runs their prompts (one batched forward) and samples
   // their first token. Returns their sequence indices. Errors (bad params,
@@ -64,6 +67,8 @@ class Decoder {
   int64_t active() const { return static_cast<int64_t>(active_.size()); }
   bool finished(int64_t sequence) const;
   const GenerationResult& result(int64_t sequence) const;
+  // `sequence` in Cancel, finished and result must be an index returned by
+  // Join on this decoder.
 
  private:
   struct Sequence;

@@ -71,6 +71,8 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::BeginStep(
   torch::Tensor valid_cpu = valid.to(torch::kCPU);
   auto pos_a = pos_cpu.accessor<int64_t, 2>();
   auto valid_a = valid_cpu.accessor<bool, 2>();
+  step_next_position_ = next_position_;
+  step_valid_count_ = valid_count_;
   for (int64_t r = 0; r < rows(); ++r) {
     for (int64_t c = 0; c < t; ++c) {
       if (!valid_a[r][c]) continue;
@@ -92,7 +94,21 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::Store(
           values_[layer].narrow(2, 0, columns_)};
 }
 
-void KVCache::SelectRows(const std::vector<int64_t>& rows) {
+void KVCache::AbortStep() {
+  if (pending_ == 0) return;
+  columns_ -= pending_;
+  pending_ = 0;
+  next_position_ = step_next_position_;
+  valid_count_ = step_valid_count_;
+}
+
+absl::Status KVCache::SelectRows(const std::vector<int64_t>& rows) {
+  for (int64_t r : rows) {
+    if (r < 0 || r >= this->rows()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KVCache::SelectRows: row ", r, " outside [0, ", this->rows(), ")"));
+    }
+  }
   auto device = positions_.device();
   torch::Tensor index =
       torch::tensor(rows, torch::dtype(torch::kInt64)).to(device);
@@ -109,6 +125,8 @@ void KVCache::SelectRows(const std::vector<int64_t>& rows) {
   }
   next_position_ = std::move(next);
   valid_count_ = std::move(count);
+  pending_ = 0;
+  return absl::OkStatus();
 }
 
 absl::Status KVCache::AppendRows(const KVCache& other) {
@@ -117,8 +135,12 @@ absl::Status KVCache::AppendRows(const KVCache& other) {
       other.options_.dtype() != options_.dtype() ||
       other.options_.device() != options_.device()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "KVCache::AppendRows: caches differ in layers (", layers(), " vs ",
-        other.layers(), "), kv heads, head width, dtype or device"));
+        "KVCache::AppendRows: caches differ: layers ", layers(), " vs ",
+        other.layers(), ", kv heads ", kv_heads_, " vs ", other.kv_heads_,
+        ", head width ", head_dim_, " vs ", other.head_dim_, ", dtype ",
+        std::string(options_.dtype().name()), " vs ",
+        std::string(other.options_.dtype().name()), ", device ",
+        options_.device().str(), " vs ", other.options_.device().str()));
   }
   const int64_t columns = std::max(columns_, other.columns_);
   auto pad = [columns](const torch::Tensor& t, int64_t used, int64_t dim) {

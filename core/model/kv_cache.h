@@ -9,6 +9,9 @@
 // joined later (AppendRows) and the right padding of a batched step all live
 // in one rectangular tensor, and attention masks by validity and position,
 // never by column index.
+//
+// Not thread-safe: one owner (a decoder or one forward call) at a time.
+// Row indices given to the accessors must be in [0, rows()).
 #ifndef OPTREC_CORE_MODEL_KV_CACHE_H_
 #define OPTREC_CORE_MODEL_KV_CACHE_H_
 
@@ -57,8 +60,14 @@ class KVCache {
                                                 const torch::Tensor& keys,
                                                 const torch::Tensor& values);
 
+  // Undoes the step begun by the last BeginStep (after a failed forward
+  // pass), so the cache is as it was before it. No-op without a step.
+  void AbortStep();
+
   // Keeps only the rows listed, in that order (rows that finished leave).
-  void SelectRows(const std::vector<int64_t>& rows);
+  // InvalidArgument naming the row when one is out of range; the cache is
+  // then unchanged.
+  absl::Status SelectRows(const std::vector<int64_t>& rows);
 
   // Adds the rows of `other` after this cache's rows (rows that start
   // later join). The shorter of the two is padded with invalid columns.
@@ -75,11 +84,13 @@ class KVCache {
   int64_t kv_heads_;
   int64_t head_dim_;
   torch::TensorOptions options_;
-  int64_t columns_ = 0;                 // S, columns in use
-  int64_t capacity_ = 0;                // columns allocated
-  int64_t pending_ = 0;                 // T of the step begun by BeginStep
-  std::vector<torch::Tensor> keys_;     // per layer [B, K, capacity, E]
-  std::vector<torch::Tensor> values_;   // per layer [B, K, capacity, E]
+  int64_t columns_ = 0;                      // S, columns in use
+  int64_t capacity_ = 0;                     // columns allocated
+  int64_t pending_ = 0;                      // T of the step begun by BeginStep
+  std::vector<int64_t> step_next_position_;  // before BeginStep, for abort
+  std::vector<int64_t> step_valid_count_;    // before BeginStep, for abort
+  std::vector<torch::Tensor> keys_;          // per layer [B, K, capacity, E]
+  std::vector<torch::Tensor> values_;        // per layer [B, K, capacity, E]
   torch::Tensor positions_;             // [B, capacity] int64, CPU or device
   torch::Tensor valid_;                 // [B, capacity] bool
   std::vector<int64_t> next_position_;  // per row

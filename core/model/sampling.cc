@@ -35,30 +35,39 @@ TokenSampler::TokenSampler(const SamplingParams& params)
     : params_(params),
       generator_(at::make_generator<at::CPUGeneratorImpl>(params.seed)) {}
 
-int32_t TokenSampler::Next(const torch::Tensor& logits) {
+absl::StatusOr<int32_t> TokenSampler::Next(const torch::Tensor& logits) {
   torch::NoGradGuard no_grad;
-  torch::Tensor scores = logits.to(torch::kCPU, torch::kFloat32).flatten();
-  if (params_.temperature == 0.0) {
-    return static_cast<int32_t>(scores.argmax().item<int64_t>());
+  try {
+    torch::Tensor scores = logits.to(torch::kCPU, torch::kFloat32).flatten();
+    if (!torch::isfinite(scores).all().item<bool>()) {
+      return absl::InternalError("sampling: the logits are not all finite");
+    }
+    if (params_.temperature == 0.0) {
+      return static_cast<int32_t>(scores.argmax().item<int64_t>());
+    }
+    // Candidates in descending order of score, shifted so the best is 0:
+    // dividing by a tiny temperature then cannot overflow.
+    torch::Tensor sorted, order;
+    std::tie(sorted, order) = scores.sort(/*dim=*/0, /*descending=*/true);
+    sorted = (sorted - sorted[0]) / params_.temperature;
+    int64_t keep = sorted.size(0);
+    if (params_.top_k > 0) keep = std::min(keep, params_.top_k);
+    torch::Tensor probs = sorted.narrow(0, 0, keep).softmax(0);
+    if (params_.top_p < 1.0) {
+      // Smallest prefix whose mass reaches top_p (at least one token).
+      torch::Tensor cumulative = probs.cumsum(0);
+      int64_t within = (cumulative < params_.top_p).sum().item<int64_t>() + 1;
+      keep = std::min(keep, within);
+      probs = probs.narrow(0, 0, keep);
+      probs = probs / probs.sum();
+    }
+    int64_t pick =
+        torch::multinomial(probs, 1, false, generator_).item<int64_t>();
+    return static_cast<int32_t>(order[pick].item<int64_t>());
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("sampling failed: ", e.what_without_backtrace()));
   }
-  scores = scores / params_.temperature;
-  // Candidates in descending order of score.
-  torch::Tensor sorted, order;
-  std::tie(sorted, order) = scores.sort(/*dim=*/0, /*descending=*/true);
-  int64_t keep = sorted.size(0);
-  if (params_.top_k > 0) keep = std::min(keep, params_.top_k);
-  torch::Tensor probs = sorted.narrow(0, 0, keep).softmax(0);
-  if (params_.top_p < 1.0) {
-    // Smallest prefix whose mass reaches top_p (at least one token).
-    torch::Tensor cumulative = probs.cumsum(0);
-    int64_t within = (cumulative < params_.top_p).sum().item<int64_t>() + 1;
-    keep = std::min(keep, within);
-    probs = probs.narrow(0, 0, keep);
-    probs = probs / probs.sum();
-  }
-  int64_t pick =
-      torch::multinomial(probs, 1, false, generator_).item<int64_t>();
-  return static_cast<int32_t>(order[pick].item<int64_t>());
 }
 
 }  // namespace optrec

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace optrec {
 
@@ -42,8 +43,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& params);
 class TokenSampler {
  public:
   explicit TokenSampler(const SamplingParams& params);
-  // logits: [V] on any device and dtype. Returns the chosen id.
-  int32_t Next(const torch::Tensor& logits);
+  // logits: [V] on any device and dtype. Returns the chosen id, or
+  // Internal when the logits are not finite (a numerical failure upstream)
+  // or LibTorch fails.
+  absl::StatusOr<int32_t> Next(const torch::Tensor& logits);
 
  private:
   SamplingParams params_;

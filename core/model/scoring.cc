@@ -65,16 +65,20 @@ absl::StatusOr<std::vector<ContinuationScore>> ScoreContinuations(
 
 torch::Tensor PoolHidden(const torch::Tensor& hidden,
                          const torch::Tensor& valid, PoolMode mode) {
-  torch::Tensor mask = valid.to(hidden.scalar_type()).unsqueeze(-1);  // [B,T,1]
+  // Weights and counts in f32 whatever the hidden dtype.
+  torch::Tensor mask = valid.to(torch::kFloat32).unsqueeze(-1);  // [B, T, 1]
+  torch::Tensor any = valid.any(1);                              // [B]
   if (mode == PoolMode::kMean) {
     torch::Tensor count = mask.sum(1).clamp_min(1.0);  // [B, 1]
-    return (hidden * mask).sum(1) / count;
+    return ((hidden.to(torch::kFloat32) * mask).sum(1) / count)
+        .to(hidden.scalar_type());
   }
-  torch::Tensor lengths = valid.to(torch::kInt64).sum(1);  // [B]
-  torch::Tensor last = (lengths - 1).clamp_min(0);
-  torch::Tensor rows = torch::arange(hidden.size(0), lengths.options());
+  // Index of the last valid position, wherever the valid ones are.
+  torch::Tensor steps = torch::arange(1, valid.size(1) + 1, valid.device());
+  torch::Tensor last = (valid.to(torch::kInt64) * steps).argmax(1);  // [B]
+  torch::Tensor rows = torch::arange(hidden.size(0), last.options());
   torch::Tensor picked = hidden.index({rows, last});  // [B, D]
-  return picked * (lengths > 0).to(hidden.scalar_type()).unsqueeze(-1);
+  return picked * any.to(hidden.scalar_type()).unsqueeze(-1);
 }
 
 }  // namespace optrec

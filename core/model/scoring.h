@@ -38,8 +38,9 @@ enum class PoolMode {
   kLast,  // hidden state at each row's last valid position
 };
 
-// Pools hidden [B, T, D] with validity [B, T] into [B, D]. Rows with no
-// valid position give zeros.
+// Pools hidden [B, T, D] with validity [B, T] (on the same device) into
+// [B, D]. Valid positions need not be contiguous. Rows with no valid
+// position give zeros. Mismatched shapes throw c10::Error.
 torch::Tensor PoolHidden(const torch::Tensor& hidden,
                          const torch::Tensor& valid, PoolMode mode);
 

@@ -195,6 +195,20 @@ torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& weight,
   return (xf * scale).to(x.scalar_type()) * weight;
 }
 
+// GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as
+// x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) (the same function, since
+// 0.5 (1 + tanh z) = sigmoid(2z)) in in-place steps: on this LibTorch that
+// takes about half the time of at::gelu(x, "tanh"), with the same accuracy.
+// When autograd records (a soft prompt being tuned), the plain op is used,
+// since in-place steps would overwrite what backward needs.
+torch::Tensor GeluTanh(const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled() && x.requires_grad()) {
+    return torch::gelu(x, "tanh");
+  }
+  const double scale = 2.0 * std::sqrt(2.0 / M_PI);
+  return x.pow(3).mul_(0.044715).add_(x).mul_(scale).sigmoid_().mul_(x);
+}
+
 // Rotates pairs (i, i + E/2) of x [B, N, T, E] by the angles in cos/sin
 // [B, 1, T, E] (the Hugging Face rotate-half layout).
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
@@ -309,11 +323,13 @@ torch::Tensor Attention(const ModelConfig& c, const LayerWeights& lw,
   const double scale = 1.0 / std::sqrt(static_cast<double>(e));
   torch::Tensor scores =
       torch::matmul(qg, kk.transpose(-1, -2)).mul_(scale);  // [B,K,G*T,S]
-  torch::Tensor probs =
-      (scores.view({b, k, g, t, s}).to(torch::kFloat32) + ctx.bias)
-          .softmax(-1)
-          .to(v.scalar_type())
-          .view({b, k, g * t, s});
+  // Softmax in f32 whatever the compute dtype; in place where already f32.
+  torch::Tensor probs = scores.view({b, k, g, t, s})
+                            .to(torch::kFloat32)
+                            .add_(ctx.bias)
+                            .softmax(-1)
+                            .to(v.scalar_type())
+                            .view({b, k, g * t, s});
   torch::Tensor attn = torch::matmul(probs, v)  // [B, K, G*T, E]
                            .view({b, h, t, e})
                            .transpose(1, 2)
@@ -330,7 +346,7 @@ torch::Tensor Mlp(const ModelConfig& c, const LayerWeights& lw,
     const int64_t f = c.intermediate_size;
     act = torch::silu(up.narrow(-1, 0, f)) * up.narrow(-1, f, f);
   } else {
-    act = torch::gelu(up, c.activation == "gelu" ? "none" : "tanh");
+    act = c.activation == "gelu" ? torch::gelu(up) : GeluTanh(up);
   }
   return torch::linear(act, lw.down_w, lw.down_b);  // [B, T, D]
 }
@@ -478,6 +494,7 @@ absl::StatusOr<ForwardOutput> TransformerLM::Forward(
   try {
     ForwardImpl(rows, cache, options, &out);
   } catch (const c10::Error& e) {
+    if (cache != nullptr) cache->AbortStep();
     return absl::InternalError(
         absl::StrCat("Forward failed: ", e.what_without_backtrace()));
   }
@@ -547,7 +564,10 @@ TransformerLM::CallInputs TransformerLM::PrepareInputs(
       ids_a[r][prompt_len[r] + i] = rows[r].ids[i];
     }
     for (int64_t i = 0; i < t; ++i) {
-      pos_a[r][i] = in.starts[r] + i;
+      // Padding repeats the row's last position: it is masked anyway, and
+      // stays inside a learned position table.
+      const int64_t last = std::max<int64_t>(in.lengths[r] - 1, 0);
+      pos_a[r][i] = in.starts[r] + std::min(i, last);
       valid_a[r][i] = i < in.lengths[r];
     }
   }

@@ -1,5 +1,6 @@
 #include "core/runtime/blas_kernels.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <dlfcn.h>
 #include <torch/torch.h>
 #include <unistd.h>

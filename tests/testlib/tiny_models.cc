@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -26,6 +28,39 @@ ReferenceConfig TinyReferenceConfig(const TinyModelSpec& s) {
   return c;
 }
 
+namespace {
+
+// Directories made by MakeTempDir, removed when the test process exits.
+class TempDirs {
+ public:
+  static TempDirs& Get() {
+    static TempDirs* dirs = [] {
+      auto* d = new TempDirs();
+      std::atexit([] { Get().RemoveAll(); });
+      return d;
+    }();
+    return *dirs;
+  }
+  void Add(const std::string& dir) {
+    std::lock_guard<std::mutex> lock(mu_);
+    dirs_.push_back(dir);
+  }
+  void RemoveAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::error_code ignored;
+    for (const std::string& dir : dirs_) {
+      std::filesystem::remove_all(dir, ignored);
+    }
+    dirs_.clear();
+  }
+
+ private:
+  std::mutex mu_;  // guards dirs_
+  std::vector<std::string> dirs_;
+};
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& stem) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("TEST_TMPDIR");
@@ -35,6 +70,7 @@ std::string MakeTempDir(const std::string& stem) {
       root / absl::StrCat("optrec-", stem, "-", getpid(), "-", counter++);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  TempDirs::Get().Add(dir.string());
   return dir.string();
 }
 

@@ -20,7 +20,8 @@ inline absl::Status WriteTinyModel(const std::string& dir,
 // The plain-loop reference's view of the same model.
 ReferenceConfig TinyReferenceConfig(const TinyModelSpec& spec);
 
-// A fresh directory under the test temp dir, unique per call.
+// A fresh directory under $TEST_TMPDIR or the system temp dir, unique per
+// call, removed with its contents when the test process exits.
 std::string MakeTempDir(const std::string& stem);
 
 }  // namespace optrec
