@@ -1,9 +1,11 @@
 #include "core/runtime/process.h"
 
+#include <malloc.h>
 #include <sched.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -24,6 +26,17 @@ int AvailableCpus() {
 
 absl::Status InitProcess(int argc, char** argv, const ProcessOptions& options) {
   SelectBlasKernels(argc, argv);
+
+  const bool user_tuned_malloc =
+      std::getenv("GLIBC_TUNABLES") != nullptr ||
+      std::getenv("MALLOC_MMAP_MAX_") != nullptr ||
+      std::getenv("MALLOC_TRIM_THRESHOLD_") != nullptr;
+  if (options.retain_freed_memory && !user_tuned_malloc) {
+    // Large blocks from the heap rather than fresh mappings, and no
+    // trimming of the heap's top (-1 disables it).
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, -1);
+  }
 
   int threads =
       options.intra_op_threads > 0 ? options.intra_op_threads : AvailableCpus();

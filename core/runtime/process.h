@@ -13,6 +13,14 @@ struct ProcessOptions {
   // may run on (sched affinity). The environment variable OPTREC_THREADS,
   // when set, wins over this field.
   int intra_op_threads = 0;
+  // Keep freed heap memory in the process for reuse instead of returning it
+  // to the OS: activations of a batch are tens of MB, which glibc would
+  // otherwise map and unmap on every allocation, paying page faults each
+  // time (measured: half the system time, and up to a quarter more forward
+  // throughput at 16x128 on GPT-2 small). Memory stays at its high-water
+  // mark. Skipped when the user tunes malloc (GLIBC_TUNABLES or
+  // MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_ set).
+  bool retain_freed_memory = true;
   // Log the BLAS kernels in use at INFO. Tests and tools that print their
   // own report may turn it off.
   bool log_kernels = true;
