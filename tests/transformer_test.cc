@@ -686,6 +686,37 @@ void RewriteConfig(const std::string& dir,
   std::ofstream(dir + "/config.json") << j.dump();
 }
 
+// Writes a tiny Llama, edits its config.json and returns the load status.
+absl::Status LoadWithEditedConfig(
+    const std::string& stem, const std::function<void(nlohmann::json&)>& edit) {
+  std::string dir = MakeTempDir(stem);
+  absl::Status written = WriteTinyModel(dir, Spec("llama"));
+  if (!written.ok()) return written;
+  RewriteConfig(dir, edit);
+  return TransformerLM::Load(dir).status();
+}
+
+TEST(TransformerTest, GenerationConfigAddsEndOfSequenceIds) {
+  std::string dir = MakeTempDir("genconfig");
+  ASSERT_TRUE(WriteTinyModel(dir, Spec("llama")).ok());
+  std::ofstream(dir + "/generation_config.json")
+      << R"({"eos_token_id": [2, 7], "do_sample": false})";
+  auto model = TransformerLM::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->config().eos_ids, (std::vector<int32_t>{2, 7}));
+
+  std::ofstream(dir + "/generation_config.json") << "{not json";
+  auto broken = TransformerLM::Load(dir);
+  EXPECT_THAT(broken.status().message(), HasSubstr("generation_config.json"));
+}
+
+TEST(BadInputTest, NonPositiveRopeThetaNamesTheField) {
+  absl::Status status = LoadWithEditedConfig(
+      "theta", [](nlohmann::json& j) { j["rope_theta"] = 0; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("rope_theta"));
+}
+
 TEST(BadInputTest, MissingDirectoryOrConfigIsNotFound) {
   auto missing = TransformerLM::Load("/nonexistent/optrec-model");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
@@ -693,32 +724,26 @@ TEST(BadInputTest, MissingDirectoryOrConfigIsNotFound) {
 }
 
 TEST(BadInputTest, UnknownArchitectureNamesTheField) {
-  std::string dir = MakeTempDir("arch");
-  ASSERT_TRUE(WriteTinyModel(dir, Spec("llama")).ok());
-  RewriteConfig(dir, [](nlohmann::json& j) { j["model_type"] = "mamba"; });
-  auto model = TransformerLM::Load(dir);
-  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(model.status().message(), HasSubstr("model_type"));
-  EXPECT_THAT(model.status().message(), HasSubstr("mamba"));
+  absl::Status status = LoadWithEditedConfig(
+      "arch", [](nlohmann::json& j) { j["model_type"] = "mamba"; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("model_type"));
+  EXPECT_THAT(status.message(), HasSubstr("mamba"));
 }
 
 TEST(BadInputTest, InconsistentHeadsNameTheField) {
-  std::string dir = MakeTempDir("heads");
-  ASSERT_TRUE(WriteTinyModel(dir, Spec("llama")).ok());
-  RewriteConfig(dir, [](nlohmann::json& j) { j["num_key_value_heads"] = 3; });
-  auto model = TransformerLM::Load(dir);
-  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(model.status().message(), HasSubstr("num_key_value_heads"));
+  absl::Status status = LoadWithEditedConfig(
+      "heads", [](nlohmann::json& j) { j["num_key_value_heads"] = 3; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("num_key_value_heads"));
 }
 
 TEST(BadInputTest, WrongShapedTensorNamesTheTensor) {
-  std::string dir = MakeTempDir("shape");
-  ASSERT_TRUE(WriteTinyModel(dir, Spec("llama")).ok());
   // The config claims a wider MLP than the weights have.
-  RewriteConfig(dir, [](nlohmann::json& j) { j["intermediate_size"] = 64; });
-  auto model = TransformerLM::Load(dir);
-  EXPECT_FALSE(model.ok());
-  EXPECT_THAT(model.status().message(), HasSubstr("mlp.gate_proj.weight"));
+  absl::Status status = LoadWithEditedConfig(
+      "shape", [](nlohmann::json& j) { j["intermediate_size"] = 64; });
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(status.message(), HasSubstr("mlp.gate_proj.weight"));
 }
 
 TEST(BadInputTest, MissingTensorNamesTheTensor) {

@@ -150,7 +150,8 @@ absl::StatusOr<std::vector<int64_t>> Decoder::Join(
           "request ", i, ": stop sequences need a tokenizer; the model in ",
           model_->directory(), " has none"));
     }
-    if (r.prompt_ids.empty() && !r.soft_prompt.defined()) {
+    if (r.prompt_ids.empty() &&
+        (!r.soft_prompt.defined() || r.soft_prompt.size(0) == 0)) {
       return absl::InvalidArgumentError(
           absl::StrCat("request ", i, ": empty prompt"));
     }

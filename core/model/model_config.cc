@@ -1,5 +1,6 @@
 #include "core/model/model_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -100,6 +101,7 @@ class ConfigReader {
   }
 
   const json& raw() const { return json_; }
+  const std::string& source() const { return source_; }
 
  private:
   const json& json_;
@@ -135,6 +137,11 @@ absl::Status ParseRopeScaling(const ConfigReader& reader,
                      inner.NumberOr("high_freq_factor", 4.0));
     ASSIGN_OR_RETURN(scaling->original_max_positions,
                      inner.IntOr("original_max_position_embeddings", 8192));
+    if (scaling->low_freq_factor <= 0 || scaling->original_max_positions <= 0) {
+      return reader.Error("rope_scaling",
+                          "needs positive low_freq_factor and "
+                          "original_max_position_embeddings");
+    }
     if (scaling->high_freq_factor <= scaling->low_freq_factor) {
       return reader.Error("rope_scaling",
                           "needs high_freq_factor > low_freq_factor");
@@ -158,6 +165,14 @@ absl::Status ParseLlama(const ConfigReader& r, const std::string& source,
   ASSIGN_OR_RETURN(c->max_positions, r.IntOr("max_position_embeddings", 0));
   ASSIGN_OR_RETURN(c->norm_eps, r.NumberOr("rms_norm_eps", 1e-6));
   ASSIGN_OR_RETURN(c->rope_theta, r.NumberOr("rope_theta", 10000.0));
+  if (!(c->norm_eps >= 0)) {
+    return r.Error("rms_norm_eps",
+                   absl::StrCat("must be >= 0, got ", c->norm_eps));
+  }
+  if (!(c->rope_theta > 0)) {
+    return r.Error("rope_theta",
+                   absl::StrCat("must be positive, got ", c->rope_theta));
+  }
   ASSIGN_OR_RETURN(c->activation, r.StringOr("hidden_act", "silu"));
   if (c->activation != "silu") {
     return r.Error("hidden_act",
@@ -240,10 +255,11 @@ absl::Status ParseGpt2(const ConfigReader& r, ModelConfig* c) {
                    r.BoolOr("scale_attn_by_inverse_layer_idx", false));
   ASSIGN_OR_RETURN(bool scale, r.BoolOr("scale_attn_weights", true));
   if (scale_by_layer || !scale) {
-    return absl::UnimplementedError(
-        "GPT-2 attention scaling other than 1/sqrt(head_dim) "
+    return absl::UnimplementedError(absl::StrCat(
+        r.source(),
+        ": GPT-2 attention scaling other than 1/sqrt(head_dim) "
         "(scale_attn_by_inverse_layer_idx, scale_attn_weights=false) is not "
-        "implemented");
+        "implemented"));
   }
   c->qkv_bias = c->o_bias = c->mlp_bias = true;
   ASSIGN_OR_RETURN(c->tie_word_embeddings,
@@ -324,7 +340,30 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
   }
-  return ParseModelConfig(j, path);
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(j, path));
+
+  // Chat checkpoints often list extra end-of-sequence ids (an end-of-turn
+  // token) only in generation_config.json; generation stops at all of them.
+  const std::string gen_path = dir + "/generation_config.json";
+  std::ifstream gen_in(gen_path);
+  if (gen_in) {
+    std::stringstream gen_buffer;
+    gen_buffer << gen_in.rdbuf();
+    json gen = json::parse(gen_buffer.str(), nullptr, false);
+    if (gen.is_discarded() || !gen.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(gen_path, ": not a JSON object"));
+    }
+    ConfigReader reader(gen, gen_path);
+    ASSIGN_OR_RETURN(std::vector<int32_t> extra, reader.Ids("eos_token_id"));
+    for (int32_t id : extra) {
+      if (std::find(config.eos_ids.begin(), config.eos_ids.end(), id) ==
+          config.eos_ids.end()) {
+        config.eos_ids.push_back(id);
+      }
+    }
+  }
+  return config;
 }
 
 }  // namespace optrec

@@ -73,7 +73,8 @@ struct ModelConfig {
 absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& json,
                                              const std::string& source);
 
-// Reads and parses `dir`/config.json.
+// Reads and parses `dir`/config.json; end-of-sequence ids listed in
+// `dir`/generation_config.json, when present, are added to eos_ids.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
 }  // namespace optrec

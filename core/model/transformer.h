@@ -34,8 +34,9 @@ struct RowInput {
   // for none. May require grad: gradients flow back to it.
   torch::Tensor prompt;
   // Prefix-LM: the first `bidirectional_prefix` positions of this call
-  // (prompt included) attend to each other in both directions; later
-  // positions attend causally. 0 = plain causal.
+  // (prompt included) attend to each other in both directions, whatever a
+  // sliding window says; later positions attend causally. With a cache,
+  // cached keys stay as they were computed. 0 = plain causal.
   int64_t bidirectional_prefix = 0;
 };
 
