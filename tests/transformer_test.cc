@@ -808,36 +808,38 @@ std::string SharedModelDir() {
   return SharedDataDir() + "/models/llama-gqa-tiny";
 }
 
-TEST(SharedCheckpointTest, LogitsMatchFloat64Reference) {
-  const std::string dir = SharedModelDir();
-  if (!std::filesystem::exists(dir + "/reference.json")) {
-    GTEST_SKIP() << dir << " is absent; the shared reference data is needed";
+// Loads the shared checkpoint and its reference.json; skips when absent.
+class SharedCheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = SharedModelDir();
+    if (!std::filesystem::exists(dir + "/reference.json")) {
+      GTEST_SKIP() << dir << " is absent; the shared reference data is needed";
+    }
+    model_ = LoadOrDie(dir);
+    ASSERT_NE(model_, nullptr);
+    std::ifstream in(dir + "/reference.json");
+    ref_ = nlohmann::json::parse(in);
   }
-  auto model = LoadOrDie(dir);
-  ASSERT_NE(model, nullptr);
-  std::ifstream in(dir + "/reference.json");
-  nlohmann::json ref = nlohmann::json::parse(in);
+
+  std::shared_ptr<const TransformerLM> model_;
+  nlohmann::json ref_;
+};
+
+TEST_F(SharedCheckpointTest, LogitsMatchFloat64Reference) {
   RowInput row;
-  row.ids = ref["prompt_ids"].get<std::vector<int32_t>>();
+  row.ids = ref_["prompt_ids"].get<std::vector<int32_t>>();
   auto want_rows =
-      ref["logits_float64"].get<std::vector<std::vector<double>>>();
-  EXPECT_LT(MaxAbsDiff(RowLogits(*model, row), ToTensor(want_rows)), 1e-4);
+      ref_["logits_float64"].get<std::vector<std::vector<double>>>();
+  EXPECT_LT(MaxAbsDiff(RowLogits(*model_, row), ToTensor(want_rows)), 1e-4);
 }
 
-TEST(SharedCheckpointTest, GreedyContinuationMatchesReference) {
-  const std::string dir = SharedModelDir();
-  if (!std::filesystem::exists(dir + "/reference.json")) {
-    GTEST_SKIP() << dir << " is absent; the shared reference data is needed";
-  }
-  auto model = LoadOrDie(dir);
-  ASSERT_NE(model, nullptr);
-  std::ifstream in(dir + "/reference.json");
-  nlohmann::json ref = nlohmann::json::parse(in);
-  auto want = ref["greedy_from_bos"].get<std::vector<int32_t>>();
+TEST_F(SharedCheckpointTest, GreedyContinuationMatchesReference) {
+  auto want = ref_["greedy_from_bos"].get<std::vector<int32_t>>();
   GenerationRequest req;
-  req.prompt_ids = {ref["bos_id"].get<int32_t>()};
+  req.prompt_ids = {ref_["bos_id"].get<int32_t>()};
   req.params.max_tokens = static_cast<int64_t>(want.size());
-  auto got = Generate(model, {req});
+  auto got = Generate(model_, {req});
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ((*got)[0].ids, want);
 }

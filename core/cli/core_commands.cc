@@ -147,6 +147,7 @@ absl::Status Generate(const Args& args) {
   } else {
     std::cout << "\n";
   }
+  std::cout << std::flush;  // the summary on stderr comes after the text
   std::fprintf(stderr, "[%zu tokens, finish: %s, %.1f tokens/s]\n",
                r.ids.size(), FinishReasonName(r.finish),
                r.ids.size() / std::max(secs, 1e-9));
