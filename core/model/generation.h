@@ -42,7 +42,10 @@ using TokenCallback = std::function<bool(int64_t sequence, int32_t id,
                                          const std::string& text_delta)>;
 
 // A batch of sequences decoded together. Not thread-safe: one owner drives
-// Join and Step; the model may be shared.
+// Join and Step; the model may be shared. Finished sequences leave the batch
+// (and the KV cache) at once, but their results stay readable until the
+// decoder is destroyed, so a long-lived decoder grows by one result per
+// sequence. A failed Join or Step changes nothing and may be retried.
 class Decoder {
  public:
   explicit Decoder(std::shared_ptr<const TransformerLM> model);
