@@ -221,8 +221,12 @@ absl::Status Decoder::Step(const TokenCallback& on_token) {
   // Sample all rows first: a failure then fails the step as a whole.
   std::vector<int32_t> next(active_.size());
   for (size_t r = 0; r < active_.size(); ++r) {
-    ASSIGN_OR_RETURN(next[r],
-                     sequences_[active_[r]]->sampler.Next(out.logits[r]));
+    auto id = sequences_[active_[r]]->sampler.Next(out.logits[r]);
+    if (!id.ok()) {
+      cache_->AbortStep();  // the fed tokens will be fed again on retry
+      return id.status();
+    }
+    next[r] = *id;
   }
   for (size_t r = 0; r < active_.size(); ++r) {
     Accept(*sequences_[active_[r]], active_[r], next[r], on_token);

@@ -60,8 +60,9 @@ class KVCache {
                                                 const torch::Tensor& keys,
                                                 const torch::Tensor& values);
 
-  // Undoes the step begun by the last BeginStep (after a failed forward
-  // pass), so the cache is as it was before it. No-op without a step.
+  // Undoes the last step begun by BeginStep, whether its forward pass failed
+  // or finished, so the cache is as it was before it. No-op when there is
+  // none, or when SelectRows, AppendRows or Compact ran since.
   void AbortStep();
 
   // Keeps only the rows listed, in that order (rows that finished leave).
