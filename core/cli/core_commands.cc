@@ -83,10 +83,7 @@ int ParseOrExit(Args& args, int argc, char** argv,
 
 absl::StatusOr<std::shared_ptr<const TransformerLM>> LoadModel(
     const Args& args) {
-  if (!args.Has("model")) {
-    return absl::InvalidArgumentError("--model DIR is required");
-  }
-  LoadOptions options;
+  LoadOptions options;  // --model is present: ParseOrExit requires it
   ASSIGN_OR_RETURN(options.device,
                    ResolveDevice(args.Get("device"), args.Get("dtype")));
   return TransformerLM::Load(args.Get("model"), options);

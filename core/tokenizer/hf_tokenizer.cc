@@ -247,11 +247,7 @@ absl::Status HfTokenizer::EncodePlain(std::string_view text, bool at_start,
 
 absl::StatusOr<std::vector<int32_t>> HfTokenizer::Encode(
     std::string_view text, bool add_special) const {
-  const size_t invalid = utf8::FirstInvalidOffset(text);
-  if (invalid != text.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("text to encode is not valid UTF-8 (byte ", invalid, ")"));
-  }
+  RETURN_IF_ERROR(utf8::CheckEncodable(text));
   std::vector<int32_t> ids;
   for (const TextSegment& segment : raw_matcher_.Split(text)) {
     if (segment.added_id >= 0) {

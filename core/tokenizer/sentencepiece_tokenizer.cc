@@ -47,11 +47,7 @@ SentencePieceTokenizer::Load(const std::string& path) {
 
 absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(
     std::string_view text, bool add_special) const {
-  const size_t invalid = utf8::FirstInvalidOffset(text);
-  if (invalid != text.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("text to encode is not valid UTF-8 (byte ", invalid, ")"));
-  }
+  RETURN_IF_ERROR(utf8::CheckEncodable(text));
   std::vector<int32_t> ids;
   if (add_special && special_.bos_id >= 0) ids.push_back(special_.bos_id);
   std::vector<int> piece_ids;

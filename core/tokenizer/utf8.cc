@@ -1,5 +1,7 @@
 #include "core/tokenizer/utf8.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace optrec {
 namespace utf8 {
 
@@ -93,6 +95,13 @@ size_t FirstInvalidOffset(std::string_view text) {
     pos += length;
   }
   return text.size();
+}
+
+absl::Status CheckEncodable(std::string_view text) {
+  const size_t invalid = FirstInvalidOffset(text);
+  if (invalid == text.size()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("text to encode is not valid UTF-8 (byte ", invalid, ")"));
 }
 
 namespace {

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
+
 namespace optrec {
 namespace utf8 {
 
@@ -35,6 +37,10 @@ void AppendChar(char32_t c, std::string* out);
 // Returns the byte offset of the first invalid sequence, or text.size() when
 // the whole text is valid UTF-8.
 size_t FirstInvalidOffset(std::string_view text);
+
+// OK when `text` is valid UTF-8; otherwise InvalidArgument naming the byte
+// offset of the first invalid sequence (what every Encode requires).
+absl::Status CheckEncodable(std::string_view text);
 
 // Returns `bytes` with invalid sequences replaced by U+FFFD, one per maximal
 // subpart (Unicode's recommended substitution, which Hugging Face's lossy
