@@ -1,5 +1,7 @@
 #include "core/cli/args.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -101,6 +103,33 @@ std::string Args::Usage() const {
     absl::StrAppend(&out, "\n");
   }
   return out;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "optrec: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "optrec: %s\n", message.c_str());
+  return 2;
+}
+
+int ParseOrExit(Args& args, int argc, char** argv, int first,
+                const std::vector<std::string>& required) {
+  absl::Status parsed = args.Parse(argc, argv, first);
+  if (!parsed.ok()) return UsageError(std::string(parsed.message()));
+  if (args.Has("help")) {
+    std::fputs(args.Usage().c_str(), stdout);
+    return 0;
+  }
+  for (const std::string& flag : required) {
+    if (!args.Has(flag)) {
+      return UsageError(
+          absl::StrCat(args.command(), ": --", flag, " is required"));
+    }
+  }
+  return -1;
 }
 
 }  // namespace optrec

@@ -47,6 +47,21 @@ class Args {
   std::map<std::string, std::vector<std::string>> values_;
 };
 
+// Exit codes of every optrec command: 0 success, 1 the job failed (bad
+// model or input, I/O), 2 the command line was wrong.
+
+// Prints "optrec: MESSAGE" of a failed job to stderr and returns 1.
+int Fail(const absl::Status& status);
+
+// Prints a command-line problem to stderr and returns 2.
+int UsageError(const std::string& message);
+
+// Parses argv[first..argc) into `args` and checks that the `required` flags
+// are present. Returns -1 to go on, or the exit code to return now: 0 after
+// printing --help, 2 after printing what is wrong with the command line.
+int ParseOrExit(Args& args, int argc, char** argv, int first,
+                const std::vector<std::string>& required = {});
+
 }  // namespace optrec
 
 #endif  // OPTREC_CORE_CLI_ARGS_H_

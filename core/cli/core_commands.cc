@@ -50,37 +50,6 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag,
   return ids;
 }
 
-// A failure of the job itself: exit code 1.
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "optrec: %s\n", std::string(status.message()).c_str());
-  return 1;
-}
-
-// A problem with the command line: exit code 2.
-int UsageError(const std::string& message) {
-  std::fprintf(stderr, "optrec: %s\n", message.c_str());
-  return 2;
-}
-
-// Parses flags and checks that `required` ones are present; returns -1 to
-// go on, or the exit code to return now.
-int ParseOrExit(Args& args, int argc, char** argv,
-                const std::vector<std::string>& required = {}) {
-  absl::Status parsed = args.Parse(argc, argv, 2);
-  if (!parsed.ok()) return UsageError(std::string(parsed.message()));
-  if (args.Has("help")) {
-    std::fputs(args.Usage().c_str(), stdout);
-    return 0;
-  }
-  for (const std::string& flag : required) {
-    if (!args.Has(flag)) {
-      return UsageError(
-          absl::StrCat(args.command(), ": --", flag, " is required"));
-    }
-  }
-  return -1;
-}
-
 absl::StatusOr<std::shared_ptr<const TransformerLM>> LoadModel(
     const Args& args) {
   LoadOptions options;  // --model is present: ParseOrExit requires it
@@ -220,7 +189,7 @@ int RunGenerate(int argc, char** argv) {
              kDeviceFlag,
              kDtypeFlag,
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv, {"model"}); code >= 0) {
+  if (int code = ParseOrExit(args, argc, argv, 2, {"model"}); code >= 0) {
     return code;
   }
   absl::Status status = Generate(args);
@@ -241,7 +210,7 @@ int RunScore(int argc, char** argv) {
              kDeviceFlag,
              kDtypeFlag,
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv, {"model"}); code >= 0) {
+  if (int code = ParseOrExit(args, argc, argv, 2, {"model"}); code >= 0) {
     return code;
   }
   absl::Status status = Score(args);
@@ -258,7 +227,7 @@ int RunTokenize(int argc, char** argv) {
        {"tokenizer", "a bare tokenizer.json or SentencePiece .model"},
        {"add-special", "add BOS/EOS as the tokenizer's template says", false},
        kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv); code >= 0) return code;
+  if (int code = ParseOrExit(args, argc, argv, 2); code >= 0) return code;
   absl::StatusOr<std::shared_ptr<const Tokenizer>> tokenizer;
   if (args.Has("tokenizer")) {
     tokenizer = LoadTokenizerFile(args.Get("tokenizer"));
@@ -308,7 +277,7 @@ int RunRandomModel(int argc, char** argv) {
               "size becomes the model's"},
              {"seed", "random seed", true, false, "1"},
              kHelpFlag});
-  if (int code = ParseOrExit(args, argc, argv, {"out"}); code >= 0) {
+  if (int code = ParseOrExit(args, argc, argv, 2, {"out"}); code >= 0) {
     return code;
   }
   const std::string out = args.Get("out");

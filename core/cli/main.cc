@@ -1,4 +1,6 @@
-// optrec: one binary, one subcommand per job.
+// optrec: one binary, one subcommand per job. The commands of the core are
+// always here; the build adds the tuning jobs' commands when it compiles
+// them in (OPTREC_WITH_TUNING).
 #include <c10/util/Exception.h>
 
 #include <cstdio>
@@ -8,31 +10,63 @@
 
 #include "core/cli/commands.h"
 #include "core/runtime/process.h"
+#ifdef OPTREC_WITH_TUNING
+#include "tuning/cli/commands.h"
+#endif
 
 namespace {
 
-constexpr char kUsage[] =
-    "usage: optrec COMMAND [flags]   (optrec COMMAND --help for its flags)\n"
-    "commands:\n"
-    "  generate   continue a text (or token ids) with a model\n"
-    "  score      rank options after a context by log-likelihood\n"
-    "  tokenize   turn JSON strings on stdin into token ids\n"
-    "  random-model  write a random-weight checkpoint (benchmarks, smoke "
-    "tests)\n";
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr Command kCommands[] = {
+    {"generate", "continue a text (or token ids) with a model",
+     optrec::RunGenerate},
+    {"score", "rank options after a context by log-likelihood",
+     optrec::RunScore},
+    {"tokenize", "turn JSON strings on stdin into token ids",
+     optrec::RunTokenize},
+    {"random-model", "write a random-weight checkpoint (benchmarks, smoke)",
+     optrec::RunRandomModel},
+#ifdef OPTREC_WITH_TUNING
+    {"world", "generate the simulated shop and its data sets",
+     optrec::RunWorld},
+    {"pretrain", "train a small Llama and its tokenizer on a text corpus",
+     optrec::RunPretrain},
+    {"demo", "show a model completing and ranking a shop user's behaviour",
+     optrec::RunDemo},
+#endif
+};
+
+void PrintUsage(FILE* out) {
+  std::fputs(
+      "usage: optrec COMMAND [flags]   (optrec COMMAND --help for its "
+      "flags)\ncommands:\n",
+      out);
+  for (const Command& c : kCommands) {
+    std::fprintf(out, "  %-13s %s\n", c.name, c.summary);
+  }
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    PrintUsage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  const std::string command = argv[1];
-  if (command != "generate" && command != "score" && command != "tokenize" &&
-      command != "random-model") {
-    std::fprintf(stderr, "optrec: unknown command '%s'\n%s", command.c_str(),
-                 kUsage);
+  const std::string name = argv[1];
+  const Command* command = nullptr;
+  for (const Command& c : kCommands) {
+    if (name == c.name) command = &c;
+  }
+  if (command == nullptr) {
+    std::fprintf(stderr, "optrec: unknown command '%s'\n", name.c_str());
+    PrintUsage(stderr);
     return 2;
   }
   absl::Status started = optrec::InitProcess(argc, argv);
@@ -43,15 +77,12 @@ int main(int argc, char** argv) {
   // The last boundary: whatever a command lets escape ends it with a
   // message and exit code 1, never an abort.
   try {
-    if (command == "generate") return optrec::RunGenerate(argc, argv);
-    if (command == "score") return optrec::RunScore(argc, argv);
-    if (command == "random-model") return optrec::RunRandomModel(argc, argv);
-    return optrec::RunTokenize(argc, argv);
+    return command->run(argc, argv);
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "optrec %s: internal error: %s\n", command.c_str(),
+    std::fprintf(stderr, "optrec %s: internal error: %s\n", name.c_str(),
                  e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "optrec %s: internal error: %s\n", command.c_str(),
+    std::fprintf(stderr, "optrec %s: internal error: %s\n", name.c_str(),
                  e.what());
   }
   return 1;
