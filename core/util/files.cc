@@ -96,7 +96,9 @@ absl::StatusOr<StagedDirectory> StagedDirectory::Create(
       return absl::FailedPreconditionError(
           absl::StrCat(name, " exists and is not a directory"));
     }
-    if (!fs::is_empty(target, ec) && !replace) {
+    const bool empty = fs::is_empty(target, ec);
+    if (ec) return ErrnoStatus(ec.value(), absl::StrCat("cannot read ", name));
+    if (!empty && !replace) {
       return absl::AlreadyExistsError(absl::StrCat(
           name, " exists and is not empty (pass --force to replace it)"));
     }
@@ -107,12 +109,13 @@ absl::StatusOr<StagedDirectory> StagedDirectory::Create(
     return ErrnoStatus(errno, absl::StrCat("cannot write ", name,
                                            ": cannot create ", staging));
   }
-  return StagedDirectory(name, std::move(staging));
+  return StagedDirectory(name, std::move(staging), replace);
 }
 
 StagedDirectory::StagedDirectory(StagedDirectory&& other) noexcept
     : final_(std::move(other.final_)),
       staging_(std::move(other.staging_)),
+      replace_(other.replace_),
       done_(other.done_) {
   other.done_ = true;
 }
@@ -129,6 +132,12 @@ absl::Status StagedDirectory::Commit() {
   // rename(2) replaces an empty directory by itself; a full one is moved
   // aside first.
   if (fs::exists(final_, ec) && !fs::is_empty(final_, ec)) {
+    // Checked again: something may have appeared there since Create.
+    if (!replace_) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          final_,
+          " appeared while it was being written; it was left as it is"));
+    }
     aside = absl::StrCat(final_, ".old-", getpid());
     fs::remove_all(aside, ec);
     if (::rename(final_.c_str(), aside.c_str()) != 0) {
@@ -137,9 +146,12 @@ absl::Status StagedDirectory::Commit() {
   }
   if (::rename(staging_.c_str(), final_.c_str()) != 0) {
     const int err = errno;
-    if (!aside.empty()) ::rename(aside.c_str(), final_.c_str());
-    return ErrnoStatus(
-        err, absl::StrCat("cannot rename ", staging_, " to ", final_));
+    std::string restored;
+    if (!aside.empty() && ::rename(aside.c_str(), final_.c_str()) != 0) {
+      restored = absl::StrCat("; the previous contents are in ", aside);
+    }
+    return ErrnoStatus(err, absl::StrCat("cannot rename ", staging_, " to ",
+                                         final_, restored));
   }
   done_ = true;
   if (!aside.empty()) fs::remove_all(aside, ec);

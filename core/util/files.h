@@ -9,7 +9,8 @@
 
 namespace optrec {
 
-// Writes `content` to a temporary file beside `path`, flushes it to disk and
+// Writes `content` to a temporary file beside `path` ("<path>.tmp-<pid>": one
+// writer per path at a time), flushes it to disk and
 // renames it over `path`. On failure no file at `path` is created or changed
 // and the temporary file is removed. Errors name the path: PermissionDenied
 // or NotFound (a missing folder) from the OS, Internal otherwise.
@@ -46,18 +47,24 @@ class StagedDirectory {
   const std::string& path() const { return staging_; }
   const std::string& final_path() const { return final_; }
 
-  // Moves the staged directory to the final path, replacing what was there
-  // (the old one is renamed aside first and removed after). Internal naming
-  // the paths on failure, in which case the old directory is put back.
+  // Moves the staged directory to the final path. With `replace`, what was
+  // there is renamed aside first and removed after; without it, a non-empty
+  // directory that appeared there since Create is an AlreadyExists error
+  // and the result stays staged (and is removed with this object). Other
+  // failures name the paths; the old directory is put back, or the message
+  // says where it is.
   absl::Status Commit();
 
  private:
-  StagedDirectory(std::string final_dir, std::string staging)
-      : final_(std::move(final_dir)), staging_(std::move(staging)) {}
+  StagedDirectory(std::string final_dir, std::string staging, bool replace)
+      : final_(std::move(final_dir)),
+        staging_(std::move(staging)),
+        replace_(replace) {}
 
   std::string final_;
   std::string staging_;
-  bool done_ = false;  // committed or moved from
+  bool replace_ = false;  // Commit may replace a non-empty final_
+  bool done_ = false;     // committed or moved from
 };
 
 }  // namespace optrec
