@@ -24,6 +24,8 @@
 #include "tuning/pretrain/corpus.h"
 #include "tuning/pretrain/trainable_llama.h"
 #include "tuning/pretrain/trainer.h"
+#include "tuning/world/generate.h"
+#include "tuning/world/world.h"
 
 namespace optrec {
 namespace {
@@ -94,6 +96,13 @@ std::string FileBytes(const std::string& path) {
   absl::StatusOr<std::string> bytes = ReadFile(path);
   EXPECT_TRUE(bytes.ok()) << bytes.status();
   return bytes.ok() ? *bytes : "";
+}
+
+// The newest checkpoint folder of a work directory, from its "latest" file.
+std::string LatestCheckpoint(const std::string& work) {
+  std::string name = FileBytes(work + "/latest");
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return work + "/" + name;
 }
 
 TEST(TrainableLlamaTest, ExportedWeightsGiveTheCoreTheSameLogits) {
@@ -225,9 +234,10 @@ TEST(PretrainTest, ShortRunLowersTheLossAndExportsWhatItTrained) {
   // core loads them unchanged.
   const std::string out = run.options.out_dir;
   auto exported = SafetensorsFile::Open(out + "/model.safetensors");
-  auto checkpoint = SafetensorsFile::Open(run.options.out_dir +
-                                          ".work/checkpoint/model.safetensors");
-  ASSERT_TRUE(exported.ok() && checkpoint.ok());
+  auto checkpoint = SafetensorsFile::Open(
+      LatestCheckpoint(run.options.out_dir + ".work") + "/model.safetensors");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
   ASSERT_EQ((*exported)->names(), (*checkpoint)->names());
   for (const std::string& name : (*exported)->names()) {
     auto a = ToTorch(*exported, *(*exported)->Find(name), torch::kFloat32);
@@ -246,6 +256,17 @@ TEST(PretrainTest, ShortRunLowersTheLossAndExportsWhatItTrained) {
     EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
   }
   EXPECT_THAT(FileBytes(out + "/README.md"), HasSubstr(result->corpus_hash));
+}
+
+TEST(PretrainTest, Bf16ComputeTrainsAndIsJudgedInF32) {
+  ToyRun run = MakeToyRun(20);
+  run.options.compute_dtype = torch::kBFloat16;
+  auto result = Pretrain(run.options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_LT(result->valid_loss, std::log(300.0) - 1.5);
+  // The reported figure is the f32 one the core reproduces.
+  EXPECT_NEAR(result->valid_perplexity_core, result->valid_perplexity,
+              1e-3 * result->valid_perplexity);
 }
 
 TEST(PretrainTest, KilledRunResumesToTheSameWeights) {
@@ -269,10 +290,10 @@ TEST(PretrainTest, KilledRunResumesToTheSameWeights) {
           static_cast<char*>(nullptr));
     _exit(127);
   }
-  const std::string state = killed + ".work/checkpoint/state.json";
+  const std::string latest = killed + ".work/latest";
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (!fs::exists(state) && std::chrono::steady_clock::now() < deadline) {
+  while (!fs::exists(latest) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   kill(child, SIGKILL);
@@ -280,7 +301,8 @@ TEST(PretrainTest, KilledRunResumesToTheSameWeights) {
   waitpid(child, &status, 0);
   ASSERT_TRUE(WIFSIGNALED(status)) << "the run ended before it was killed";
   ASSERT_FALSE(fs::exists(killed)) << "a killed run left an output directory";
-  auto saved = nlohmann::json::parse(FileBytes(state));
+  auto saved = nlohmann::json::parse(
+      FileBytes(LatestCheckpoint(killed + ".work") + "/state.json"));
   ASSERT_LT(saved["step"].get<int>(), 200);
 
   ASSERT_EQ(RunCli(flags + " --out " + killed), 0);
@@ -314,6 +336,11 @@ TEST(PretrainTest, BadInputFailsWithoutLeavingAnOutputDirectory) {
   EXPECT_FALSE(fs::exists(o.out_dir));
 
   o = run.options;
+  o.work_dir = o.out_dir + "/work";
+  EXPECT_THAT(std::string(Pretrain(o).status().message()),
+              HasSubstr("must not lie inside --out"));
+
+  o = run.options;
   o.shape.heads = 3;
   EXPECT_THAT(std::string(Pretrain(o).status().message()), HasSubstr("heads"));
 }
@@ -335,6 +362,70 @@ TEST(PretrainTest, WorkDirectoryOfAnotherRunIsRefusedUnlessForced) {
   PretrainOptions same = run.options;
   auto exists = Pretrain(same);
   EXPECT_EQ(exists.status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+// The committed default model (models/default): it loads, its card's
+// figures are what it really does on the default world's held-out text, and
+// it beats the unigram baseline by far. The world is regenerated here from
+// its seed; a different training corpus means the generator changed and
+// the model must be rebuilt.
+TEST(DefaultModelTest, BeatsTheUnigramBaselineOnTheWorldsHeldOutText) {
+  const std::string dir = std::string(OPTREC_SOURCE_DIR) + "/models/default";
+  auto record = nlohmann::json::parse(FileBytes(dir + "/training.json"));
+  const nlohmann::json& result = record["result"];
+  const nlohmann::json& settings = record["settings"];
+
+  const std::string world = MakeTempDir("default-world") + "/world";
+  ASSERT_TRUE(GenerateWorld(SmallWorldConfig(1), world, {}).ok());
+  auto train = ReadCorpus(world + "/corpus/train.jsonl");
+  auto valid = ReadCorpus(world + "/corpus/valid.jsonl");
+  ASSERT_TRUE(train.ok() && valid.ok());
+  ASSERT_EQ(train->hash, settings["train_corpus_hash"].get<std::string>())
+      << "the world generator's corpus changed: rebuild models/default with "
+         "scripts/build-default-model.sh";
+
+  auto model = TransformerLM::Load(dir, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Tokenizer* tokenizer = (*model)->tokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  auto train_ids = TokenizeCorpus(*train, *tokenizer);
+  auto valid_ids = TokenizeCorpus(*valid, *tokenizer);
+  ASSERT_TRUE(train_ids.ok() && valid_ids.ok());
+  const int64_t context = (*model)->config().max_positions;
+  auto blocks = PackBlocks(*valid_ids, context);
+  ASSERT_TRUE(blocks.ok());
+
+  // Mean next-token loss through the serving forward pass.
+  double nll = 0;
+  int64_t count = 0;
+  for (int64_t start = 0; start < blocks->size(0); start += 16) {
+    const int64_t n = std::min<int64_t>(16, blocks->size(0) - start);
+    std::vector<RowInput> rows(n);
+    for (int64_t r = 0; r < n; ++r) {
+      torch::Tensor ids = (*blocks)[start + r].to(torch::kInt32).contiguous();
+      rows[r].ids.assign(ids.data_ptr<int32_t>(),
+                         ids.data_ptr<int32_t>() + context);
+    }
+    auto out = (*model)->Forward(rows);
+    ASSERT_TRUE(out.ok()) << out.status();
+    torch::Tensor targets = blocks->narrow(0, start, n).narrow(1, 1, context);
+    torch::Tensor logp = out->logits.log_softmax(-1);  // [n, T, V]
+    nll -= logp.narrow(1, 0, context)
+               .gather(2, targets.unsqueeze(2))
+               .sum()
+               .item<double>();
+    count += targets.numel();
+  }
+  const double perplexity = std::exp(nll / count);
+  const double unigram =
+      UnigramPerplexity(*train_ids, *blocks, (*model)->config().vocab_size);
+
+  EXPECT_NEAR(perplexity, result["valid_perplexity"].get<double>(),
+              0.01 * perplexity);
+  EXPECT_NEAR(unigram, result["unigram_perplexity"].get<double>(),
+              1e-6 * unigram);
+  EXPECT_LT(perplexity * 20, unigram)
+      << "perplexity " << perplexity << ", unigram " << unigram;
 }
 
 }  // namespace

@@ -65,6 +65,10 @@ absl::StatusOr<PretrainOptions> OptionsFrom(const Args& args, int argc,
   o.work_dir = args.Get("work-dir");
   o.force = args.Has("force");
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed"));
+  if (seed < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed must not be negative, got ", seed));
+  }
   o.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(o.shape.vocab, args.GetInt("vocab"));
   ASSIGN_OR_RETURN(o.shape.hidden, args.GetInt("hidden"));

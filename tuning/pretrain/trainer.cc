@@ -71,7 +71,8 @@ std::string FirstDifference(const nlohmann::json& a, const nlohmann::json& b) {
 absl::Status EnsureTokenizer(const std::string& work, const Corpus& train,
                              int64_t vocab) {
   const std::string model = absl::StrCat(work, "/", kTokenizerFile);
-  if (fs::exists(model)) return absl::OkStatus();
+  std::error_code exists_ec;
+  if (fs::exists(model, exists_ec)) return absl::OkStatus();
   if (work.find_first_of(" \t\n") != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
         "work directory '", work, "' has whitespace in its path, which the",
@@ -111,7 +112,8 @@ absl::Status ClaimWorkDir(const PretrainOptions& o,
                           const nlohmann::json& settings) {
   const std::string work = WorkDir(o);
   const std::string run_file = absl::StrCat(work, "/", kRunFile);
-  if (fs::exists(run_file)) {
+  std::error_code ec;
+  if (fs::exists(run_file, ec)) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(run_file));
     nlohmann::json previous = nlohmann::json::parse(text, nullptr, false);
     if (previous == settings) return absl::OkStatus();
@@ -122,8 +124,11 @@ absl::Status ClaimWorkDir(const PretrainOptions& o,
                                   : FirstDifference(previous, settings),
           "); remove it or pass --force to start over"));
     }
-    std::error_code ec;
     fs::remove_all(work, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat(
+          "cannot clear the work directory ", work, ": ", ec.message()));
+    }
   }
   RETURN_IF_ERROR(MakeDirs(work));
   return WriteFileAtomic(run_file, settings.dump(2) + "\n");
@@ -195,12 +200,19 @@ double MeanLoss(TrainableLlama& model, const torch::Tensor& blocks,
 // The same loss through the core's frozen forward pass on a written model
 // directory.
 absl::StatusOr<double> CoreMeanLoss(const std::string& dir,
-                                    const torch::Tensor& blocks,
-                                    int64_t batch) {
+                                    const torch::Tensor& blocks, int64_t batch,
+                                    const LlamaShape& shape) {
   LoadOptions load;
-  load.load_tokenizer = false;
   load.device.dtype = torch::kFloat32;
   ASSIGN_OR_RETURN(auto model, TransformerLM::Load(dir, load));
+  const Tokenizer* tokenizer = model->tokenizer();
+  if (tokenizer == nullptr || tokenizer->special().bos_id != shape.bos_id ||
+      tokenizer->special().eos_id != shape.eos_id ||
+      tokenizer->vocab_size() != shape.vocab) {
+    return absl::InternalError(absl::StrCat(
+        "the written model in ", dir,
+        " does not load back with its tokenizer's vocabulary and BOS/EOS"));
+  }
   torch::NoGradGuard no_grad;
   double total = 0;
   int64_t count = 0;
@@ -231,23 +243,29 @@ struct TrainState {
   int64_t tokens_seen = 0;  // training tokens processed
   double seconds = 0;       // time spent training, over all runs
   double recent_loss = 0;   // mean loss of the steps since the last log
+  int threads = 0;          // torch threads of the run that saved it
 };
 
 nlohmann::json StateJson(const TrainState& s) {
   return {{"step", s.step},
           {"tokens_seen", s.tokens_seen},
           {"seconds", s.seconds},
-          {"recent_loss", s.recent_loss}};
+          {"recent_loss", s.recent_loss},
+          {"threads", s.threads}};
 }
 
-// Writes model, optimizer and state as a new checkpoint directory, then
-// swaps it in: a kill at any moment leaves the previous or the new one.
+// Checkpoints live in "checkpoint-<step>" folders; the file "latest" names
+// the newest complete one and is replaced atomically after it is written,
+// so a kill at any moment leaves a usable checkpoint (or none yet).
+constexpr char kLatestFile[] = "latest";
+
 absl::Status SaveCheckpoint(const std::string& work,
                             const TrainableLlama& model,
                             const torch::optim::AdamW& optimizer,
                             const TrainState& state) {
+  const std::string name = absl::StrCat(kCheckpoint, "-", state.step);
   ASSIGN_OR_RETURN(StagedDirectory staged,
-                   StagedDirectory::Create(work + "/" + kCheckpoint, true));
+                   StagedDirectory::Create(work + "/" + name, true));
   RETURN_IF_ERROR(WriteSafetensors(staged.path() + "/model.safetensors",
                                    model->StateDict()));
   try {
@@ -258,16 +276,75 @@ absl::Status SaveCheckpoint(const std::string& work,
   }
   RETURN_IF_ERROR(WriteFileAtomic(staged.path() + "/state.json",
                                   StateJson(state).dump(2) + "\n"));
-  return staged.Commit();
+  RETURN_IF_ERROR(staged.Commit());
+  RETURN_IF_ERROR(
+      WriteFileAtomic(absl::StrCat(work, "/", kLatestFile), name + "\n"));
+  // Older checkpoints are no longer needed.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(work, ec)) {
+    const std::string other = entry.path().filename().string();
+    if (other != name && other.rfind(std::string(kCheckpoint) + "-", 0) == 0) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
+  return absl::OkStatus();
 }
 
-// Loads the checkpoint of work_dir if there is one; returns the state to
-// continue from (step 0 when there is none).
+// The folder of the newest checkpoint in `work`, or "" when there is none.
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& work) {
+  const std::string latest = absl::StrCat(work, "/", kLatestFile);
+  std::error_code ec;
+  if (!fs::exists(latest, ec)) {
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("cannot read ", work, ": ", ec.message()));
+    }
+    return std::string();
+  }
+  ASSIGN_OR_RETURN(std::string name, ReadFile(latest));
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) {
+    name.pop_back();
+  }
+  if (name.empty() || name.find('/') != std::string::npos) {
+    return absl::DataLossError(absl::StrCat(latest, " is corrupt"));
+  }
+  return absl::StrCat(work, "/", name);
+}
+
+absl::StatusOr<TrainState> ReadState(const std::string& path, int64_t steps) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  auto integer = [&](const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number_integer();
+  };
+  auto number = [&](const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number();
+  };
+  if (!integer("step") || !integer("tokens_seen") || !number("seconds") ||
+      !number("recent_loss")) {
+    return absl::DataLossError(absl::StrCat(path, " is unreadable"));
+  }
+  TrainState state;
+  state.step = j["step"].get<int64_t>();
+  state.tokens_seen = j["tokens_seen"].get<int64_t>();
+  state.seconds = j["seconds"].get<double>();
+  state.recent_loss = j["recent_loss"].get<double>();
+  state.threads = integer("threads") ? j["threads"].get<int>() : 0;
+  if (state.step < 0 || state.step > steps) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": step ", state.step, " outside [0, ", steps, "]"));
+  }
+  return state;
+}
+
+// Loads the newest checkpoint of `work` into the model and optimizer and
+// returns the state to continue from (step 0 when there is none).
 absl::StatusOr<TrainState> LoadCheckpoint(const std::string& work,
-                                          TrainableLlama& model,
+                                          int64_t steps, TrainableLlama& model,
                                           torch::optim::AdamW& optimizer) {
-  const std::string dir = work + "/" + kCheckpoint;
-  if (!fs::exists(dir + "/state.json")) return TrainState{};
+  ASSIGN_OR_RETURN(std::string dir, LatestCheckpoint(work));
+  if (dir.empty()) return TrainState{};
+  ASSIGN_OR_RETURN(TrainState state, ReadState(dir + "/state.json", steps));
   ASSIGN_OR_RETURN(auto file,
                    SafetensorsFile::Open(dir + "/model.safetensors"));
   Named tensors;
@@ -284,17 +361,12 @@ absl::StatusOr<TrainState> LoadCheckpoint(const std::string& work,
         "checkpoint ", dir,
         ": cannot load the optimizer state: ", e.what_without_backtrace()));
   }
-  ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/state.json"));
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.contains("step")) {
-    return absl::DataLossError(
-        absl::StrCat("checkpoint ", dir, ": state.json is unreadable"));
+  if (state.threads > 0 && state.threads != torch::get_num_threads()) {
+    LOG_WARNING << "the checkpoint was written with " << state.threads
+                << " threads, this run has " << torch::get_num_threads()
+                << ": the result will differ from an uninterrupted run in "
+                   "the last digits";
   }
-  TrainState state;
-  state.step = j["step"].get<int64_t>();
-  state.tokens_seen = j.value("tokens_seen", int64_t{0});
-  state.seconds = j.value("seconds", 0.0);
-  state.recent_loss = j.value("recent_loss", 0.0);
   return state;
 }
 
@@ -353,38 +425,55 @@ std::string ModelCard(const PretrainOptions& o, const PretrainResult& r,
 }  // namespace
 
 absl::Status ValidatePretrainOptions(const PretrainOptions& o) {
-  auto bad = [](const std::string& what) {
-    return absl::InvalidArgumentError(what);
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
   if (o.train_corpus.empty()) return bad("--corpus is required");
   if (o.valid_corpus.empty()) return bad("--valid-corpus is required");
   if (o.out_dir.empty()) return bad("--out is required");
+  const fs::path out = fs::absolute(o.out_dir).lexically_normal();
+  const fs::path work = fs::absolute(WorkDir(o)).lexically_normal();
+  const fs::path inside = work.lexically_relative(out);
+  if (!inside.empty() && *inside.begin() != "..") {
+    return bad("--work-dir ", WorkDir(o), " must not lie inside --out ",
+               o.out_dir, ", which is replaced at the end");
+  }
   RETURN_IF_ERROR(ValidateShape(o.shape));
   if (o.shape.vocab < 260) {
-    return bad(absl::StrCat("--vocab ", o.shape.vocab,
-                            " is too small: the tokenizer needs 256 byte "
-                            "pieces and 3 specials"));
+    return bad("--vocab ", o.shape.vocab,
+               " is too small: the tokenizer needs 256 byte pieces and 3 "
+               "specials");
   }
-  if (o.steps <= 0)
-    return bad(absl::StrCat("--steps must be positive, got ", o.steps));
+  if (o.steps <= 0) return bad("--steps must be positive, got ", o.steps);
   if (o.batch_blocks <= 0) {
-    return bad(absl::StrCat("--batch must be positive, got ", o.batch_blocks));
+    return bad("--batch must be positive, got ", o.batch_blocks);
   }
-  if (!(o.learning_rate > 0) || !(o.min_learning_rate >= 0) ||
-      o.min_learning_rate > o.learning_rate) {
-    return bad(absl::StrCat("--lr ", o.learning_rate, " and --min-lr ",
-                            o.min_learning_rate,
-                            " must satisfy 0 <= min-lr <= lr, lr > 0"));
+  if (!(o.learning_rate > 0)) {
+    return bad("--lr must be positive, got ", o.learning_rate);
+  }
+  if (!(o.min_learning_rate >= 0) || o.min_learning_rate > o.learning_rate) {
+    return bad("--min-lr ", o.min_learning_rate, " must lie in [0, lr ",
+               o.learning_rate, "]");
   }
   if (o.warmup_steps < 0 || o.warmup_steps >= o.steps) {
-    return bad(
-        absl::StrCat("--warmup ", o.warmup_steps, " must lie in [0, steps)"));
+    return bad("--warmup ", o.warmup_steps, " must lie in [0, steps ", o.steps,
+               ")");
   }
-  if (o.weight_decay < 0 || o.grad_clip_norm < 0) {
-    return bad("--weight-decay and --clip must not be negative");
+  if (!(o.weight_decay >= 0)) {
+    return bad("--weight-decay must not be negative, got ", o.weight_decay);
+  }
+  if (!(o.grad_clip_norm >= 0)) {
+    return bad("--clip must not be negative, got ", o.grad_clip_norm);
+  }
+  if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1)) {
+    return bad("AdamW betas ", o.beta1, ", ", o.beta2, " must lie in [0, 1)");
   }
   if (o.checkpoint_every_steps <= 0) {
-    return bad("--checkpoint-every must be positive");
+    return bad("--checkpoint-every must be positive, got ",
+               o.checkpoint_every_steps);
+  }
+  if (o.eval_every_steps < 0) {
+    return bad("--eval-every must not be negative, got ", o.eval_every_steps);
   }
   if (o.compute_dtype != torch::kFloat32 &&
       o.compute_dtype != torch::kBFloat16) {
@@ -393,44 +482,54 @@ absl::Status ValidatePretrainOptions(const PretrainOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
-  RETURN_IF_ERROR(ValidatePretrainOptions(o));
-  ASSIGN_OR_RETURN(Corpus train, ReadCorpus(o.train_corpus));
-  ASSIGN_OR_RETURN(Corpus valid, ReadCorpus(o.valid_corpus));
+namespace {
+
+// Corpora, tokenizer and token blocks of one run.
+struct RunData {
+  Corpus train, valid;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::vector<int32_t> train_ids, valid_ids;
+  torch::Tensor train_blocks, valid_blocks;  // [N, T + 1] int64
+  nlohmann::json settings;                   // see RunSettings
+};
+
+// Reads the corpora, claims the work directory, trains or reuses the
+// tokenizer and cuts the token streams into blocks.
+absl::StatusOr<RunData> PrepareRun(const PretrainOptions& o) {
+  RunData data;
+  ASSIGN_OR_RETURN(data.train, ReadCorpus(o.train_corpus));
+  ASSIGN_OR_RETURN(data.valid, ReadCorpus(o.valid_corpus));
   // Fail on an unusable output path now, not after hours of training.
   {
     ASSIGN_OR_RETURN(StagedDirectory probe,
                      StagedDirectory::Create(o.out_dir, o.force));
   }
   const std::string work = WorkDir(o);
-  const nlohmann::json settings = RunSettings(o, train, valid);
-  RETURN_IF_ERROR(ClaimWorkDir(o, settings));
-  RETURN_IF_ERROR(EnsureTokenizer(work, train, o.shape.vocab));
-  ASSIGN_OR_RETURN(auto tokenizer,
+  data.settings = RunSettings(o, data.train, data.valid);
+  RETURN_IF_ERROR(ClaimWorkDir(o, data.settings));
+  RETURN_IF_ERROR(EnsureTokenizer(work, data.train, o.shape.vocab));
+  ASSIGN_OR_RETURN(data.tokenizer,
                    LoadTokenizerFile(absl::StrCat(work, "/", kTokenizerFile)));
-  if (tokenizer->vocab_size() != o.shape.vocab) {
+  if (data.tokenizer->vocab_size() != o.shape.vocab) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the tokenizer trained to ", tokenizer->vocab_size(), " pieces, not ",
-        o.shape.vocab,
+        "the tokenizer trained to ", data.tokenizer->vocab_size(),
+        " pieces, not ", o.shape.vocab,
         ": the corpus is too small for this vocabulary; lower --vocab"));
   }
-
-  ASSIGN_OR_RETURN(std::vector<int32_t> train_ids,
-                   TokenizeCorpus(train, *tokenizer));
-  ASSIGN_OR_RETURN(std::vector<int32_t> valid_ids,
-                   TokenizeCorpus(valid, *tokenizer));
+  ASSIGN_OR_RETURN(data.train_ids, TokenizeCorpus(data.train, *data.tokenizer));
+  ASSIGN_OR_RETURN(data.valid_ids, TokenizeCorpus(data.valid, *data.tokenizer));
   const int64_t t = o.shape.max_positions;
-  ASSIGN_OR_RETURN(torch::Tensor train_blocks, PackBlocks(train_ids, t));
-  ASSIGN_OR_RETURN(torch::Tensor valid_blocks, PackBlocks(valid_ids, t));
-  LOG_INFO << "corpus: " << train_ids.size() << " training tokens ("
-           << train_blocks.size(0) << " blocks of " << t << "), "
-           << valid_ids.size() << " validation tokens";
+  ASSIGN_OR_RETURN(data.train_blocks, PackBlocks(data.train_ids, t));
+  ASSIGN_OR_RETURN(data.valid_blocks, PackBlocks(data.valid_ids, t));
+  LOG_INFO << "corpus: " << data.train_ids.size() << " training tokens ("
+           << data.train_blocks.size(0) << " blocks of " << t << "), "
+           << data.valid_ids.size() << " validation tokens";
+  return data;
+}
 
-  torch::manual_seed(o.seed);
-  LlamaShape shape = o.shape;
-  shape.bos_id = tokenizer->special().bos_id;
-  shape.eos_id = tokenizer->special().eos_id;
-  TrainableLlama model(shape);
+// AdamW with weight decay on the matrices and none on the norm weights.
+std::unique_ptr<torch::optim::AdamW> MakeOptimizer(
+    const PretrainOptions& o, const TrainableLlama& model) {
   std::vector<torch::Tensor> decayed, plain;
   for (const auto& [name, p] : model->StateDict()) {
     (p.dim() >= 2 ? decayed : plain).push_back(p);
@@ -440,38 +539,34 @@ absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
     opts->betas({o.beta1, o.beta2}).weight_decay(decay).eps(1e-8);
     return opts;
   };
-  torch::optim::AdamW optimizer(
-      {torch::optim::OptimizerParamGroup(decayed,
-                                         group_options(o.weight_decay)),
-       torch::optim::OptimizerParamGroup(plain, group_options(0.0))});
+  return std::make_unique<torch::optim::AdamW>(
+      std::vector<torch::optim::OptimizerParamGroup>{
+          torch::optim::OptimizerParamGroup(decayed,
+                                            group_options(o.weight_decay)),
+          torch::optim::OptimizerParamGroup(plain, group_options(0.0))});
+}
 
-  ASSIGN_OR_RETURN(TrainState state, LoadCheckpoint(work, model, optimizer));
-  if (state.step > 0) {
-    LOG_INFO << "resuming from the checkpoint at step " << state.step << " of "
-             << o.steps;
-  }
-  LOG_INFO << "model: " << model->parameter_count() << " parameters, "
-           << torch::get_num_threads() << " threads";
-
-  BlockOrder order(train_blocks.size(0), o.batch_blocks, o.seed);
+// Runs the steps from state.step to o.steps, checkpointing on the way.
+absl::Status TrainSteps(const PretrainOptions& o, const RunData& data,
+                        TrainableLlama& model, torch::optim::AdamW& optimizer,
+                        TrainState& state) {
+  const std::string work = WorkDir(o);
+  const int64_t t = o.shape.max_positions;
+  BlockOrder order(data.train_blocks.size(0), o.batch_blocks, o.seed);
   ProgressLine progress(stderr, state.step, o.steps);
   double loss_sum = 0;
   int64_t loss_count = 0;
-  auto run_start = std::chrono::steady_clock::now();
+  const auto run_start = std::chrono::steady_clock::now();
   const double seconds_before = state.seconds;
-  auto elapsed = [&] {
-    return seconds_before + std::chrono::duration<double>(
-                                std::chrono::steady_clock::now() - run_start)
-                                .count();
-  };
   while (state.step < o.steps) {
     const double lr = LearningRate(o, state.step);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
-    torch::Tensor batch = train_blocks.index_select(0, order.Step(state.step));
-    torch::Tensor logits = model->Forward(batch.narrow(1, 0, t),
-                                          o.compute_dtype);  // [B, T, V]
+    torch::Tensor batch =
+        data.train_blocks.index_select(0, order.Step(state.step));
+    torch::Tensor logits =
+        model->Forward(batch.narrow(1, 0, t), o.compute_dtype);  // [B, T, V]
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         logits.reshape({-1, logits.size(-1)}),
         batch.narrow(1, 1, t).reshape({-1}));
@@ -501,32 +596,29 @@ absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
         !at_end) {
       progress.Finish();
       LOG_INFO << "step " << state.step << ": validation loss "
-               << MeanLoss(model, valid_blocks, o.batch_blocks,
+               << MeanLoss(model, data.valid_blocks, o.batch_blocks,
                            o.compute_dtype);
     }
     if (state.step % o.checkpoint_every_steps == 0 || at_end) {
-      state.seconds = elapsed();
+      state.seconds =
+          seconds_before + std::chrono::duration<double>(
+                               std::chrono::steady_clock::now() - run_start)
+                               .count();
+      state.threads = torch::get_num_threads();
       RETURN_IF_ERROR(SaveCheckpoint(work, model, optimizer, state));
       loss_sum = 0;
       loss_count = 0;
     }
   }
   progress.Finish();
+  return absl::OkStatus();
+}
 
-  PretrainResult result;
-  result.steps = state.step;
-  result.tokens_seen = state.tokens_seen;
-  result.parameters = model->parameter_count();
-  result.train_loss = state.recent_loss;
-  result.seconds = state.seconds;
-  result.corpus_hash = train.hash;
-  result.valid_loss =
-      MeanLoss(model, valid_blocks, o.batch_blocks, o.compute_dtype);
-  result.valid_perplexity = std::exp(result.valid_loss);
-  result.unigram_perplexity =
-      UnigramPerplexity(train_ids, valid_blocks, o.shape.vocab);
-
-  // Assemble the model directory, check it through the core, move it in.
+// Writes the model directory (see Pretrain), checks it through the core and
+// moves it into place.
+absl::Status ExportModel(const PretrainOptions& o, const RunData& data,
+                         TrainableLlama& model, PretrainResult& result) {
+  const LlamaShape& shape = model->shape();
   ASSIGN_OR_RETURN(StagedDirectory out,
                    StagedDirectory::Create(o.out_dir, o.force));
   const std::string dir = out.path();
@@ -536,24 +628,24 @@ absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
                                {"eos_token_id", shape.eos_id}};
   RETURN_IF_ERROR(
       WriteFileAtomic(dir + "/generation_config.json", generation.dump(2)));
-  RETURN_IF_ERROR(
-      WriteSafetensors(dir + "/model.safetensors", model->StateDict(),
-                       {{"format", "pt"}, {"optrec_corpus_hash", train.hash}}));
+  RETURN_IF_ERROR(WriteSafetensors(
+      dir + "/model.safetensors", model->StateDict(),
+      {{"format", "pt"}, {"optrec_corpus_hash", data.train.hash}}));
   ASSIGN_OR_RETURN(std::string sp_model,
-                   ReadFile(absl::StrCat(work, "/", kTokenizerFile)));
+                   ReadFile(absl::StrCat(WorkDir(o), "/", kTokenizerFile)));
   RETURN_IF_ERROR(WriteFileAtomic(dir + "/tokenizer.model", sp_model));
+
   ASSIGN_OR_RETURN(double core_loss,
-                   CoreMeanLoss(dir, valid_blocks, o.batch_blocks));
+                   CoreMeanLoss(dir, data.valid_blocks, o.batch_blocks, shape));
   result.valid_perplexity_core = std::exp(core_loss);
   if (std::abs(core_loss - result.valid_loss) >
-          1e-3 * (1 + result.valid_loss) &&
-      o.compute_dtype == torch::kFloat32) {
+      1e-3 * (1 + result.valid_loss)) {
     return absl::InternalError(absl::StrCat(
         "the written model's validation loss through the core (", core_loss,
         ") differs from the trainer's (", result.valid_loss, ")"));
   }
   nlohmann::json record;
-  record["settings"] = settings;
+  record["settings"] = data.settings;
   record["command"] = o.command_line;
   record["threads"] = torch::get_num_threads();
   record["result"] = {{"steps", result.steps},
@@ -564,16 +656,54 @@ absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
                       {"valid_perplexity", result.valid_perplexity},
                       {"valid_perplexity_core", result.valid_perplexity_core},
                       {"unigram_perplexity", result.unigram_perplexity},
-                      {"train_tokens", train_ids.size()},
-                      {"valid_tokens", valid_ids.size()},
+                      {"train_tokens", data.train_ids.size()},
+                      {"valid_tokens", data.valid_ids.size()},
                       {"seconds", result.seconds}};
   RETURN_IF_ERROR(
       WriteFileAtomic(dir + "/training.json", record.dump(2) + "\n"));
   RETURN_IF_ERROR(WriteFileAtomic(
       dir + "/README.md",
-      ModelCard(o, result, static_cast<int64_t>(train_ids.size()),
-                static_cast<int64_t>(valid_ids.size()))));
-  RETURN_IF_ERROR(out.Commit());
+      ModelCard(o, result, static_cast<int64_t>(data.train_ids.size()),
+                static_cast<int64_t>(data.valid_ids.size()))));
+  return out.Commit();
+}
+
+}  // namespace
+
+absl::StatusOr<PretrainResult> Pretrain(const PretrainOptions& o) {
+  RETURN_IF_ERROR(ValidatePretrainOptions(o));
+  ASSIGN_OR_RETURN(RunData data, PrepareRun(o));
+
+  torch::manual_seed(o.seed);
+  LlamaShape shape = o.shape;
+  shape.bos_id = data.tokenizer->special().bos_id;
+  shape.eos_id = data.tokenizer->special().eos_id;
+  TrainableLlama model(shape);
+  std::unique_ptr<torch::optim::AdamW> optimizer = MakeOptimizer(o, model);
+  ASSIGN_OR_RETURN(TrainState state,
+                   LoadCheckpoint(WorkDir(o), o.steps, model, *optimizer));
+  if (state.step > 0) {
+    LOG_INFO << "resuming from the checkpoint at step " << state.step << " of "
+             << o.steps;
+  }
+  LOG_INFO << "model: " << model->parameter_count() << " parameters, "
+           << torch::get_num_threads() << " threads";
+  RETURN_IF_ERROR(TrainSteps(o, data, model, *optimizer, state));
+
+  PretrainResult result;
+  result.steps = state.step;
+  result.tokens_seen = state.tokens_seen;
+  result.parameters = model->parameter_count();
+  result.train_loss = state.recent_loss;
+  result.seconds = state.seconds;
+  result.corpus_hash = data.train.hash;
+  // Judged in f32 whatever the training compute, as the core serves it.
+  result.valid_loss =
+      MeanLoss(model, data.valid_blocks, o.batch_blocks, torch::kFloat32);
+  result.valid_perplexity = std::exp(result.valid_loss);
+  result.unigram_perplexity =
+      UnigramPerplexity(data.train_ids, data.valid_blocks, o.shape.vocab);
+  RETURN_IF_ERROR(ExportModel(o, data, model, result));
   return result;
 }
 
