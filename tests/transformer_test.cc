@@ -415,6 +415,50 @@ TEST(TransformerTest, ContinuationScoresEqualSummedLogSoftmax) {
   }
 }
 
+TEST(TransformerTest, SharedContextScoresEqualSeparateRequests) {
+  for (const char* type : {"llama", "gpt2"}) {
+    auto model = TinyModel(Spec(type));
+    ASSERT_NE(model, nullptr) << type;
+    const std::vector<int32_t> context = {1, 5, 6, 7};
+    // Different lengths, one of a single token, more rows than one chunk.
+    const std::vector<std::vector<int32_t>> options = {
+        {8, 9}, {10}, {11, 12, 13, 14}, {15, 16, 17}, {8}};
+    torch::Tensor prompt = torch::randn({2, model->config().hidden_size});
+    for (bool with_prompt : {false, true}) {
+      std::vector<ContinuationRequest> reqs(options.size());
+      for (size_t i = 0; i < options.size(); ++i) {
+        reqs[i].context = context;
+        reqs[i].continuation = options[i];
+        if (with_prompt) reqs[i].soft_prompt = prompt;
+      }
+      auto separate = ScoreContinuations(*model, reqs);
+      auto shared = ScoreSharedContext(*model, context, options,
+                                       with_prompt ? prompt : torch::Tensor(),
+                                       /*max_rows=*/2);
+      ASSERT_TRUE(separate.ok() && shared.ok()) << shared.status();
+      for (size_t i = 0; i < options.size(); ++i) {
+        EXPECT_NEAR((*shared)[i].log_likelihood, (*separate)[i].log_likelihood,
+                    1e-4)
+            << type << " option " << i;
+        EXPECT_EQ((*shared)[i].tokens, (*separate)[i].tokens);
+      }
+    }
+  }
+}
+
+TEST(TransformerTest, SharedContextScoringRejectsEmptyInputs) {
+  auto model = TinyModel(Spec("llama"));
+  ASSERT_NE(model, nullptr);
+  EXPECT_FALSE(ScoreSharedContext(*model, {}, {{1}}).ok());
+  auto empty_option = ScoreSharedContext(*model, {1}, {{2}, {}});
+  EXPECT_THAT(std::string(empty_option.status().message()),
+              HasSubstr("continuation 1"));
+  EXPECT_FALSE(ScoreSharedContext(*model, {1}, {{2}}, {}, 0).ok());
+  auto outside = ScoreSharedContext(*model, {1}, {{2}, {3, -1}, {1000000}});
+  EXPECT_THAT(std::string(outside.status().message()),
+              HasSubstr("continuation 1 token 1"));
+}
+
 TEST(TransformerTest, PooledEmbeddingsIgnorePadding) {
   torch::Tensor hidden = torch::arange(2 * 3 * 2, torch::kFloat32)
                              .view({2, 3, 2});  // [B=2, T=3, D=2]

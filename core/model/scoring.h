@@ -33,6 +33,21 @@ struct ContinuationScore {
 absl::StatusOr<std::vector<ContinuationScore>> ScoreContinuations(
     const TransformerLM& model, const std::vector<ContinuationRequest>& reqs);
 
+// Scores several continuations of one shared context: the context (after
+// the optional soft prompt [P, D]) runs once and its keys and values are
+// cached; each continuation then runs as its own row over that cache. The
+// scores equal ScoreContinuations' with the same context in every request,
+// to float rounding, for one context pass instead of one per continuation.
+// Rows are processed `max_rows` at a time (the cache is copied once per
+// row), which bounds memory. InvalidArgument for an empty context or
+// continuation or a token id outside the vocabulary (naming continuation and
+// token) or max_rows < 1; forward errors as
+// TransformerLM::Forward's.
+absl::StatusOr<std::vector<ContinuationScore>> ScoreSharedContext(
+    const TransformerLM& model, const std::vector<int32_t>& context,
+    const std::vector<std::vector<int32_t>>& continuations,
+    const torch::Tensor& soft_prompt = {}, int64_t max_rows = 64);
+
 enum class PoolMode {
   kMean,  // mean of the valid positions' hidden states
   kLast,  // hidden state at each row's last valid position

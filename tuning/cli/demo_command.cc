@@ -68,24 +68,23 @@ std::string Title(const std::string& item_segment) {
   return item_segment.substr(0, item_segment.find(" | "));
 }
 
-// Scores every candidate's title as the continuation of the context; the
-// rank (0 = best) of each candidate by mean log-likelihood per token.
+// Scores every candidate's title as the continuation of the context: the
+// mean log-likelihood per token of each.
 absl::StatusOr<std::vector<double>> ScoreCandidates(const TransformerLM& model,
                                                     const Case& c) {
   const Tokenizer& tok = *model.tokenizer();
   ASSIGN_OR_RETURN(std::vector<int32_t> context,
                    tok.Encode(ContextText(c), /*add_special=*/true));
-  std::vector<ContinuationRequest> requests;
+  std::vector<std::vector<int32_t>> titles;
   for (const std::string& candidate : c.candidates) {
-    ContinuationRequest r;
-    r.context = context;
-    ASSIGN_OR_RETURN(r.continuation,
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids,
                      tok.Encode(absl::StrCat(" ", Title(candidate), "."),
                                 /*add_special=*/false));
-    requests.push_back(std::move(r));
+    titles.push_back(std::move(ids));
   }
+  // The user's text runs once; the 100 titles continue it from the cache.
   ASSIGN_OR_RETURN(std::vector<ContinuationScore> scores,
-                   ScoreContinuations(model, requests));
+                   ScoreSharedContext(model, context, titles));
   std::vector<double> out;
   for (const ContinuationScore& s : scores) {
     out.push_back(s.mean_log_likelihood);
