@@ -111,5 +111,35 @@ TEST(CliTest, TokenizeWritesOneLinePerInputAndFlagsBadLines) {
             "[]\n");
 }
 
+TEST(CliTest, TrainingSideCommandsCheckTheirFlags) {
+  CliRun world = Optrec("world generate");
+  EXPECT_EQ(world.exit_code, 2);
+  EXPECT_THAT(world.out, HasSubstr("--out"));
+  CliRun size = Optrec("world generate --out /tmp/x --size huge");
+  EXPECT_EQ(size.exit_code, 2);
+  EXPECT_THAT(size.out, HasSubstr("huge"));
+
+  CliRun pretrain = Optrec("pretrain --out /tmp/x");
+  EXPECT_EQ(pretrain.exit_code, 2);
+  EXPECT_THAT(pretrain.out, HasSubstr("--corpus"));
+  CliRun heads = Optrec(
+      "pretrain --corpus a --valid-corpus b --out c --hidden 30 --heads 4");
+  EXPECT_EQ(heads.exit_code, 2);
+  EXPECT_THAT(heads.out, HasSubstr("hidden 30"));
+
+  const std::string dir = MakeTempDir("cli-corpus");
+  std::ofstream(dir + "/bad.jsonl") << "{\"text\": \"a\"}\n[1, 2]\n";
+  CliRun corrupt =
+      Optrec("pretrain --corpus " + dir + "/bad.jsonl" + " --valid-corpus " +
+             dir + "/bad.jsonl --out " + dir + "/model");
+  EXPECT_EQ(corrupt.exit_code, 1);
+  EXPECT_THAT(corrupt.out, HasSubstr("bad.jsonl:2"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model"));
+
+  CliRun demo = Optrec("demo --model " + TinyLlamaDir() + " --world " + dir);
+  EXPECT_EQ(demo.exit_code, 1);
+  EXPECT_THAT(demo.out, HasSubstr("tokenizer"));
+}
+
 }  // namespace
 }  // namespace optrec

@@ -56,15 +56,25 @@ absl::StatusOr<WorldConfig> ConfigFromArgs(const Args& args) {
   return config;
 }
 
-absl::Status Generate(const Args& args) {
-  ASSIGN_OR_RETURN(WorldConfig config, ConfigFromArgs(args));
+// The generation options the flags ask for; InvalidArgument naming a bad
+// flag value.
+absl::StatusOr<GenerateOptions> OptionsFromArgs(const Args& args) {
   GenerateOptions options;
   options.force = args.Has("force");
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads"));
+  if (threads < 1 || threads > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world generate: --threads must be in [1, 64], got ", threads));
+  }
   options.threads = static_cast<int>(threads);
   options.progress = [](const std::string& message) {
     std::fprintf(stderr, "world: %s\n", message.c_str());
   };
+  return options;
+}
+
+absl::Status Generate(const Args& args, const WorldConfig& config,
+                      const GenerateOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(GenerateWorld(config, args.Get("out"), options));
   const double secs =
@@ -106,7 +116,18 @@ int RunWorld(int argc, char** argv) {
   if (int code = ParseOrExit(args, argc, argv, 3, {"out"}); code >= 0) {
     return code;
   }
-  absl::Status status = Generate(args);
+  // Bad flag values are command-line errors (exit 2); failures while
+  // writing are the job's (exit 1).
+  absl::StatusOr<WorldConfig> config = ConfigFromArgs(args);
+  if (!config.ok()) return UsageError(std::string(config.status().message()));
+  if (absl::Status valid = ValidateWorldConfig(*config); !valid.ok()) {
+    return UsageError(std::string(valid.message()));
+  }
+  absl::StatusOr<GenerateOptions> options = OptionsFromArgs(args);
+  if (!options.ok()) {
+    return UsageError(std::string(options.status().message()));
+  }
+  absl::Status status = Generate(args, *config, *options);
   return status.ok() ? 0 : Fail(status);
 }
 

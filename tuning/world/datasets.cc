@@ -224,7 +224,10 @@ void ExampleWriter::OnReview(const Event& e, const Review& review) {
 }
 
 void ExampleWriter::WriteDirect(const Event& click, size_t history_end) {
-  // Negatives: items the user never saw, clicked, bought or reviewed.
+  // Negatives: items the user never saw, clicked, bought or reviewed over
+  // the whole timeline, later events included, as in P5's protocol (a
+  // negative is an item without any interaction of the user). This only
+  // decides which items are negatives; no input text sees the future.
   std::unordered_set<int32_t> touched;
   for (const Event& e : timeline_.events) {
     if (e.item >= 0) touched.insert(e.item);
