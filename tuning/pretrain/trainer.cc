@@ -165,6 +165,9 @@ class BlockOrder {
   torch::Tensor perm_;
 };
 
+// The learning rate of step `step` (0-based): linear warm-up to the peak,
+// then a cosine that would reach min_learning_rate at step `steps`, one past
+// the last step run.
 double LearningRate(const PretrainOptions& o, int64_t step) {
   if (step < o.warmup_steps) {
     return o.learning_rate * static_cast<double>(step + 1) / o.warmup_steps;
