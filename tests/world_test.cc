@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -348,14 +347,6 @@ TEST_F(WorldTest, OracleAucAndClickRateAreInSaneRanges) {
   const double ctr = (*manifest_)["counts"]["impression_ctr"].get<double>();
   EXPECT_GT(ctr, 0.03);
   EXPECT_LT(ctr, 0.25);
-}
-
-TEST(AucTest, TiesCountHalf) {
-  EXPECT_DOUBLE_EQ(AucWithMidRanks({0.1, 0.9}, {0, 1}), 1.0);
-  EXPECT_DOUBLE_EQ(AucWithMidRanks({0.9, 0.1}, {0, 1}), 0.0);
-  EXPECT_DOUBLE_EQ(AucWithMidRanks({0.5, 0.5, 0.5}, {0, 1, 0}), 0.5);
-  EXPECT_DOUBLE_EQ(AucWithMidRanks({0.2, 0.5, 0.5, 0.9}, {0, 1, 0, 1}), 0.875);
-  EXPECT_TRUE(std::isnan(AucWithMidRanks({0.2, 0.3}, {1, 1})));
 }
 
 // ---- Time splits. ----

@@ -1,15 +1,14 @@
 #include "tuning/world/datasets.h"
 
-#include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <limits>
 #include <unordered_set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "tuning/metrics/metrics.h"
 #include "tuning/world/jsonl.h"
 #include "tuning/world/lexicon.h"
 #include "tuning/world/simulate.h"
@@ -466,36 +465,6 @@ void RenderItem(const ShopWorld& world, int64_t item_index,
                                               item_index)]);
 }
 
-double AucWithMidRanks(absl::Span<const double> scores,
-                       absl::Span<const int> labels) {
-  std::vector<size_t> order(scores.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return scores[a] < scores[b]; });
-  double positive_rank_sum = 0;
-  int64_t positives = 0;
-  for (size_t i = 0; i < order.size();) {
-    // Items i..j-1 tie; each gets the mean of ranks i+1..j.
-    size_t j = i;
-    while (j < order.size() && scores[order[j]] == scores[order[i]]) ++j;
-    const double mid_rank = (static_cast<double>(i + 1) + j) / 2.0;
-    for (size_t k = i; k < j; ++k) {
-      if (labels[order[k]] != 0) {
-        positive_rank_sum += mid_rank;
-        ++positives;
-      }
-    }
-    i = j;
-  }
-  const int64_t negatives = static_cast<int64_t>(scores.size()) - positives;
-  if (positives == 0 || negatives == 0) {
-    return std::numeric_limits<double>::quiet_NaN();
-  }
-  const double p = static_cast<double>(positives);
-  return (positive_rank_sum - p * (p + 1) / 2.0) /
-         (p * static_cast<double>(negatives));
-}
-
 absl::StatusOr<double> OracleAuc(const std::string& ctr_split_path) {
   std::ifstream in(ctr_split_path, std::ios::binary);
   if (!in) {
@@ -519,7 +488,7 @@ absl::StatusOr<double> OracleAuc(const std::string& ctr_split_path) {
     scores.push_back(value["p_click"].get<double>());
     labels.push_back(value["label"].get<int>());
   }
-  const double auc = AucWithMidRanks(scores, labels);
+  const double auc = Auc(scores, labels);
   if (std::isnan(auc)) {
     return absl::FailedPreconditionError(absl::StrCat(
         ctr_split_path, ": needs both clicked and unclicked examples"));

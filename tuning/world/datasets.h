@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "tuning/world/world.h"
 
 namespace optrec {
@@ -76,12 +75,8 @@ struct ItemRecords {
 void RenderItem(const ShopWorld& world, int64_t item_index,
                 ItemRecords* records);
 
-// The area under the ROC curve of `scores` against 0/1 `labels` (equal
-// sizes), ties counted half (mid-ranks). NaN when a class is missing.
-double AucWithMidRanks(absl::Span<const double> scores,
-                       absl::Span<const int> labels);
-
-// The AUC of the stored "p_click" against "label" over a ctr split file
+// The AUC (Auc in tuning/metrics/metrics.h: ties get mid-ranks) of the
+// stored "p_click" against "label" over a ctr split file
 // (tasks/ctr/<split>.jsonl). NotFound / InvalidArgument "path:line" for an
 // unreadable or corrupt file or a line without the fields;
 // FailedPrecondition when the split lacks positives or negatives.
