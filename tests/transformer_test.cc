@@ -340,6 +340,126 @@ TEST_P(BothFamiliesTest, GradientsReachSoftPromptsAndNoBackboneWeight) {
   EXPECT_GT(prompt.grad().abs().sum().item<double>(), 0.0);
 }
 
+RowAdapter RandomAdapter(const TinyModelSpec& spec, int64_t rank) {
+  RowAdapter a;
+  a.down = torch::randn({spec.layers, spec.hidden, rank}) * 0.3;
+  a.up = torch::randn({spec.layers, rank, spec.hidden}) * 0.3;
+  a.scale = torch::rand({spec.layers}) + 0.5;
+  return a;
+}
+
+// The adapter formula written out through the MLP hook, one row at a time.
+torch::Tensor HookedRowLogits(const TransformerLM& model, const RowInput& row,
+                              const RowAdapter& a) {
+  ForwardOptions options;
+  options.mlp_hook = [&a](int64_t l, const torch::Tensor& in,
+                          const torch::Tensor& out) {
+    torch::Tensor h = torch::gelu(torch::matmul(in, a.down[l]), "tanh");
+    return out + a.scale[l] * torch::matmul(h, a.up[l]);
+  };
+  RowInput plain = row;
+  plain.adapter = {};
+  auto result = model.Forward({plain}, nullptr, options);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result->logits[0].narrow(0, 0, result->lengths[0]);
+}
+
+TEST_P(BothFamiliesTest, MixedAdaptersInOneBatchEqualEachRowAlone) {
+  TinyModelSpec spec = Spec(GetParam());
+  auto model = TinyModel(spec);
+  ASSERT_NE(model, nullptr);
+  torch::manual_seed(11);
+  const RowAdapter a = RandomAdapter(spec, 3), b = RandomAdapter(spec, 3);
+  std::vector<RowInput> rows(4);
+  rows[0].ids = {1, 4, 9};
+  rows[0].adapter = a;
+  rows[1].ids = {1, 7, 7, 20, 30};
+  rows[1].prompt = torch::randn({2, spec.hidden});
+  rows[1].adapter = b;
+  rows[2].ids = {1, 2};  // no adapter
+  rows[3].ids = {5, 6, 8, 9};
+  rows[3].adapter = a;
+  auto batch = model->Forward(rows);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const int64_t n = batch->lengths[r];
+    torch::Tensor expected =
+        rows[r].adapter.defined()
+            ? HookedRowLogits(*model, rows[r], rows[r].adapter)
+            : RowLogits(*model, rows[r]);
+    EXPECT_LT(MaxAbsDiff(batch->logits[r].narrow(0, 0, n), expected), 1e-4)
+        << "row " << r;
+  }
+  // One adapter shared by every row takes the unbatched path: same result.
+  auto shared = model->Forward({rows[0], rows[3]});
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  EXPECT_LT(MaxAbsDiff(shared->logits[0].narrow(0, 0, 3),
+                       batch->logits[0].narrow(0, 0, 3)),
+            1e-5);
+  // An adapter changes the output.
+  RowInput without = rows[0];
+  without.adapter = {};
+  EXPECT_GT(
+      MaxAbsDiff(batch->logits[0].narrow(0, 0, 3), RowLogits(*model, without)),
+      1e-3);
+}
+
+TEST_P(BothFamiliesTest, TokenOverridesActLikeTheTokensTheyCopy) {
+  TinyModelSpec spec = Spec(GetParam());
+  auto model = TinyModel(spec);
+  ASSERT_NE(model, nullptr);
+  RowInput original;
+  original.ids = {1, 4, 9, 12};
+  RowInput overridden;
+  overridden.ids = {1, 0, 9, 0};
+  overridden.override_at = {3, 1};
+  overridden.override_embeddings =
+      model->EmbedTokens(torch::tensor({12, 4}, torch::kInt64));
+  auto out = model->Forward({original, overridden});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LT(MaxAbsDiff(out->logits[0], out->logits[1]), 1e-5);
+
+  // Gradients reach learned embeddings.
+  torch::Tensor learned = torch::randn({1, spec.hidden}).requires_grad_(true);
+  RowInput row;
+  row.ids = {1, 0, 3};
+  row.override_at = {1};
+  row.override_embeddings = learned;
+  auto trained = model->Forward({row});
+  ASSERT_TRUE(trained.ok()) << trained.status();
+  trained->logits.logsumexp(-1).sum().backward();
+  ASSERT_TRUE(learned.grad().defined());
+  EXPECT_GT(learned.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(TransformerTest, BadAdaptersAndOverridesNameTheRow) {
+  TinyModelSpec spec = Spec("llama");
+  auto model = TinyModel(spec);
+  ASSERT_NE(model, nullptr);
+  RowInput ok;
+  ok.ids = {1, 2};
+  RowInput bad_adapter = ok;
+  bad_adapter.adapter = RandomAdapter(spec, 2);
+  bad_adapter.adapter.up = torch::zeros({spec.layers, 3, spec.hidden});
+  auto out = model->Forward({ok, bad_adapter});
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()),
+              ::testing::HasSubstr("row 1 has an adapter"));
+  RowInput bad_override = ok;
+  bad_override.override_at = {2};
+  bad_override.override_embeddings = torch::zeros({1, spec.hidden});
+  out = model->Forward({bad_override});
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()),
+              ::testing::HasSubstr("row 0 overrides token position 2"));
+  bad_override.override_at = {1};
+  bad_override.override_embeddings = torch::zeros({2, spec.hidden});
+  out = model->Forward({bad_override});
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()),
+              ::testing::HasSubstr("row 0 overrides 1 token embeddings"));
+}
+
 // ---------------------------------------------------------------------------
 // Checkpoint variants.
 

@@ -36,6 +36,7 @@ struct Decoder::Sequence {
   size_t emitted = 0;  // bytes of result.text already reported
   bool done = false;
   int32_t pending = -1;  // sampled, not yet fed to the model
+  RowAdapter adapter;    // applied at every step of this sequence
 
   explicit Sequence(const SamplingParams& p) : params(p), sampler(p) {}
 };
@@ -158,6 +159,7 @@ absl::StatusOr<std::vector<int64_t>> Decoder::Join(
     RowInput row;
     row.ids = r.prompt_ids;
     row.prompt = r.soft_prompt;
+    row.adapter = r.adapter;
     rows.push_back(std::move(row));
   }
   auto cache = std::make_unique<KVCache>(model_->NewCache(rows.size()));
@@ -173,6 +175,7 @@ absl::StatusOr<std::vector<int64_t>> Decoder::Join(
   const ModelConfig& config = model_->config();
   for (size_t i = 0; i < requests.size(); ++i) {
     auto s = std::make_unique<Sequence>(requests[i].params);
+    s->adapter = requests[i].adapter;
     s->stop_ids = requests[i].params.stop_ids.empty()
                       ? config.eos_ids
                       : requests[i].params.stop_ids;
@@ -213,6 +216,7 @@ absl::Status Decoder::Step(const TokenCallback& on_token) {
   std::vector<RowInput> rows(active_.size());
   for (size_t r = 0; r < active_.size(); ++r) {
     rows[r].ids = {sequences_[active_[r]]->pending};
+    rows[r].adapter = sequences_[active_[r]]->adapter;
   }
   ForwardOptions options;
   options.logits = ForwardOptions::Logits::kLast;

@@ -22,6 +22,7 @@ namespace optrec {
 struct GenerationRequest {
   std::vector<int32_t> prompt_ids;  // context tokens (BOS included if wanted)
   torch::Tensor soft_prompt;        // [P, D] before prompt_ids, or undefined
+  RowAdapter adapter;               // FFN adapter for every step, or none
   SamplingParams params;
 };
 

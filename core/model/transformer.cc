@@ -222,6 +222,143 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
 
 }  // namespace
 
+namespace {
+
+// Checks a row's adapter shapes and token overrides.
+absl::Status CheckRowExtras(const ModelConfig& c, const RowInput& row,
+                            size_t r) {
+  const RowAdapter& a = row.adapter;
+  if (a.defined()) {
+    const bool ok =
+        a.up.defined() && a.scale.defined() && a.down.dim() == 3 &&
+        a.down.size(0) == c.num_layers && a.down.size(1) == c.hidden_size &&
+        a.up.dim() == 3 && a.up.size(0) == c.num_layers &&
+        a.up.size(1) == a.down.size(2) && a.up.size(2) == c.hidden_size &&
+        a.scale.dim() == 1 && a.scale.size(0) == c.num_layers;
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: row ", r, " has an adapter with down ",
+          c10::str(a.down.sizes()), ", up ",
+          a.up.defined() ? c10::str(a.up.sizes()) : "undefined", ", scale ",
+          a.scale.defined() ? c10::str(a.scale.sizes()) : "undefined",
+          "; expected [", c.num_layers, ", ", c.hidden_size, ", R], [",
+          c.num_layers, ", R, ", c.hidden_size, "], [", c.num_layers, "]"));
+    }
+  }
+  if (row.override_at.empty()) {
+    if (row.override_embeddings.defined() &&
+        row.override_embeddings.size(0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: row ", r, " has override embeddings but no positions"));
+    }
+    return absl::OkStatus();
+  }
+  const int64_t n = static_cast<int64_t>(row.override_at.size());
+  if (!row.override_embeddings.defined() ||
+      row.override_embeddings.dim() != 2 ||
+      row.override_embeddings.size(0) != n ||
+      row.override_embeddings.size(1) != c.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: row ", r, " overrides ", n,
+                     " token embeddings but override_embeddings is ",
+                     row.override_embeddings.defined()
+                         ? c10::str(row.override_embeddings.sizes())
+                         : "undefined",
+                     "; expected [", n, ", ", c.hidden_size, "]"));
+  }
+  std::vector<int64_t> sorted = row.override_at;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    if (sorted[i] < 0 || sorted[i] >= static_cast<int64_t>(row.ids.size()) ||
+        (i > 0 && sorted[i] == sorted[i - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: row ", r, " overrides token position ",
+                       sorted[i], " (positions must be distinct and below its ",
+                       row.ids.size(), " ids)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Each row's adapter weights gathered for one call: rows without an adapter
+// get zero scale. Undefined members when no row has one.
+struct GatheredAdapters {
+  torch::Tensor down;   // [B, L, D, R] or [L, D, R] when every row shares one
+  torch::Tensor up;     // [B, L, R, D] or [L, R, D]
+  torch::Tensor scale;  // [B, L] or [L]
+  bool shared = false;
+};
+
+GatheredAdapters GatherAdapters(const std::vector<RowInput>& rows,
+                                const torch::Device& dev,
+                                torch::ScalarType dtype) {
+  GatheredAdapters g;
+  std::vector<const RowAdapter*> unique;
+  std::vector<int64_t> index(rows.size(), -1);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const RowAdapter& a = rows[r].adapter;
+    if (!a.defined()) continue;
+    for (size_t u = 0; u < unique.size(); ++u) {
+      if (unique[u]->down.is_same(a.down) && unique[u]->up.is_same(a.up) &&
+          unique[u]->scale.is_same(a.scale)) {
+        index[r] = static_cast<int64_t>(u);
+      }
+    }
+    if (index[r] < 0) {
+      index[r] = static_cast<int64_t>(unique.size());
+      unique.push_back(&a);
+    }
+  }
+  if (unique.empty()) return g;
+  const bool all_rows =
+      std::all_of(index.begin(), index.end(), [](int64_t i) { return i >= 0; });
+  if (unique.size() == 1 && all_rows) {
+    g.shared = true;
+    g.down = unique[0]->down.to(dev, dtype);
+    g.up = unique[0]->up.to(dev, dtype);
+    g.scale = unique[0]->scale.to(dev, dtype);
+    return g;
+  }
+  // Stack the distinct adapters plus a zero-scale slot for rows without
+  // one, then gather one entry per row.
+  std::vector<torch::Tensor> downs, ups, scales;
+  for (const RowAdapter* a : unique) {
+    downs.push_back(a->down.to(dev, dtype));
+    ups.push_back(a->up.to(dev, dtype));
+    scales.push_back(a->scale.to(dev, dtype));
+  }
+  const int64_t none = static_cast<int64_t>(unique.size());
+  if (!all_rows) {
+    downs.push_back(torch::zeros_like(downs[0]));
+    ups.push_back(torch::zeros_like(ups[0]));
+    scales.push_back(torch::zeros_like(scales[0]));
+  }
+  for (int64_t& i : index) {
+    if (i < 0) i = none;
+  }
+  torch::Tensor idx = torch::tensor(index, torch::kInt64).to(dev);  // [B]
+  g.down = torch::stack(downs).index_select(0, idx);
+  g.up = torch::stack(ups).index_select(0, idx);
+  g.scale = torch::stack(scales).index_select(0, idx);
+  return g;
+}
+
+// The adapter term of layer l for MLP input x [B, T, D].
+torch::Tensor AdapterDelta(const GatheredAdapters& g, int64_t l,
+                           const torch::Tensor& x) {
+  if (g.shared) {
+    torch::Tensor h = torch::gelu(torch::matmul(x, g.down[l]), "tanh");
+    return torch::matmul(h, g.up[l]) * g.scale[l];
+  }
+  torch::Tensor down = g.down.select(1, l);  // [B, D, R]
+  torch::Tensor up = g.up.select(1, l);      // [B, R, D]
+  torch::Tensor scale = g.scale.select(1, l).view({-1, 1, 1});
+  torch::Tensor h = torch::gelu(torch::bmm(x, down), "tanh");  // [B, T, R]
+  return torch::bmm(h, up) * scale;
+}
+
+}  // namespace
+
 // Everything the layers share within one call.
 struct TransformerLM::CallContext {
   torch::Tensor rope_cos, rope_sin;  // [B, 1, T, E] (kLlama)
@@ -473,6 +610,7 @@ absl::StatusOr<ForwardOutput> TransformerLM::Forward(
       prompt_len = row.prompt.size(0);
     }
     const int64_t length = prompt_len + static_cast<int64_t>(row.ids.size());
+    RETURN_IF_ERROR(CheckRowExtras(config_, row, r));
     if (row.bidirectional_prefix < 0 || row.bidirectional_prefix > length) {
       return absl::InvalidArgumentError(
           absl::StrCat("Forward: row ", r, " has bidirectional_prefix ",
@@ -507,12 +645,17 @@ void TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
   CallInputs in = PrepareInputs(rows, cache);
   CallContext ctx =
       MakeContext(config_, *weights_, in, rows, cache, device_.dtype);
+  const GatheredAdapters adapters =
+      GatherAdapters(rows, device_.device, device_.dtype);
   torch::Tensor x = in.x;  // [B, T, D]
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& lw = weights_->layers[l];
     x = x + Attention(config_, lw, l, x, ctx);
     torch::Tensor mlp_in = Norm(config_, x, lw.mlp_norm_w, lw.mlp_norm_b);
     torch::Tensor mlp_out = Mlp(config_, lw, mlp_in);
+    if (adapters.down.defined()) {
+      mlp_out = mlp_out + AdapterDelta(adapters, l, mlp_in);
+    }
     if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
     x = x + mlp_out;
   }
@@ -576,19 +719,31 @@ TransformerLM::CallInputs TransformerLM::PrepareInputs(
 
   // Input embeddings [B, T, D], soft prompts in front of their rows' tokens.
   in.x = EmbedTokens(ids.to(dev));
-  bool any_prompt = false;
-  for (const RowInput& row : rows) any_prompt |= row.prompt.defined();
-  if (any_prompt) {
+  bool any_change = false;
+  for (const RowInput& row : rows) {
+    any_change |= row.prompt.defined() || !row.override_at.empty();
+  }
+  if (any_change) {
     std::vector<torch::Tensor> row_inputs;
     for (int64_t r = 0; r < b; ++r) {
-      if (prompt_len[r] == 0) {
+      const RowInput& row = rows[r];
+      if (prompt_len[r] == 0 && row.override_at.empty()) {
         row_inputs.push_back(in.x[r]);
         continue;
       }
-      torch::Tensor prompt = rows[r].prompt.to(dev, device_.dtype);  // [P, D]
       torch::Tensor tokens =
-          in.x[r].narrow(0, prompt_len[r], t - prompt_len[r]);
-      row_inputs.push_back(torch::cat({prompt, tokens}, 0));  // [T, D]
+          in.x[r].narrow(0, prompt_len[r], t - prompt_len[r]);  // [T - P, D]
+      if (!row.override_at.empty()) {
+        torch::Tensor at =
+            torch::tensor(row.override_at, torch::kInt64).to(dev);
+        tokens = tokens.index_put(
+            {at}, row.override_embeddings.to(dev, device_.dtype));
+      }
+      if (prompt_len[r] > 0) {
+        torch::Tensor prompt = row.prompt.to(dev, device_.dtype);  // [P, D]
+        tokens = torch::cat({prompt, tokens}, 0);                  // [T, D]
+      }
+      row_inputs.push_back(tokens);
     }
     in.x = torch::stack(row_inputs);
   }

@@ -25,6 +25,19 @@
 
 namespace optrec {
 
+// A low-rank FFN adapter for one row: layer l's MLP output becomes
+//   FFN(x) + scale[l] * up[l](gelu_tanh(down[l] x)),  x the MLP input,
+// so a task can adjust every layer with (2 D R + 1) L parameters while the
+// backbone stays frozen. Rows of one batch may carry different adapters (or
+// none); Forward gathers each row's weights rather than splitting the
+// batch. Tensors may require grad.
+struct RowAdapter {
+  torch::Tensor down;   // [L, D, R]
+  torch::Tensor up;     // [L, R, D]
+  torch::Tensor scale;  // [L]
+  bool defined() const { return down.defined(); }
+};
+
 // One row of a batch.
 struct RowInput {
   // Tokens of this row, after its soft prompt. May be empty when the prompt
@@ -38,6 +51,13 @@ struct RowInput {
   // sliding window says; later positions attend causally. With a cache,
   // cached keys stay as they were computed. 0 = plain causal.
   int64_t bidirectional_prefix = 0;
+  // Undefined for none.
+  RowAdapter adapter;
+  // Learned token embeddings: the input embedding of ids[override_at[i]] is
+  // replaced by override_embeddings[i] ([N, D], may require grad). Used for
+  // trainable special tokens inside a template. Positions must be distinct.
+  std::vector<int64_t> override_at;
+  torch::Tensor override_embeddings;
 };
 
 // Optional per-layer change to the MLP output, applied as
@@ -105,7 +125,8 @@ class TransformerLM {
   // once with their own caches. Errors: InvalidArgument naming the row for
   // an id outside the vocabulary, a prompt of the wrong width, a position
   // beyond GPT-2's table, or a cache of the wrong size; Internal for a
-  // LibTorch failure.
+  // LibTorch failure. Adapters of the wrong shape or token overrides that do
+  // not match the ids are InvalidArgument naming the row.
   absl::StatusOr<ForwardOutput> Forward(
       const std::vector<RowInput>& rows, KVCache* cache = nullptr,
       const ForwardOptions& options = {}) const;
