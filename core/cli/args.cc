@@ -132,4 +132,32 @@ int ParseOrExit(Args& args, int argc, char** argv, int first,
   return -1;
 }
 
+namespace {
+
+std::string ShellQuoted(const std::string& word) {
+  const bool safe =
+      !word.empty() && word.find_first_not_of(
+                           "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
+                           "WXYZ0123456789_./=:,+-@%") == std::string::npos;
+  if (safe) return word;
+  std::string quoted = "'";
+  for (char c : word) {
+    if (c == '\'') {
+      quoted += "'\\''";
+    } else {
+      quoted += c;
+    }
+  }
+  return quoted + "'";
+}
+
+}  // namespace
+
+std::string ShellCommandLine(int argc, char** argv) {
+  std::string line = "optrec";
+  for (int i = 1; i < argc; ++i)
+    absl::StrAppend(&line, " ", ShellQuoted(argv[i]));
+  return line;
+}
+
 }  // namespace optrec

@@ -62,6 +62,11 @@ int UsageError(const std::string& message);
 int ParseOrExit(Args& args, int argc, char** argv, int first,
                 const std::vector<std::string>& required = {});
 
+// The command line "optrec ARG..." (argv[1..argc)) as a POSIX shell reads
+// it back: each word bare when it holds only safe characters, otherwise in
+// single quotes. Recorded in model cards and module metadata.
+std::string ShellCommandLine(int argc, char** argv);
+
 }  // namespace optrec
 
 #endif  // OPTREC_CORE_CLI_ARGS_H_

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/util/torch_errors.h"
 
 namespace optrec {
 
@@ -64,9 +65,9 @@ absl::StatusOr<int32_t> TokenSampler::Next(const torch::Tensor& logits) {
     int64_t pick =
         torch::multinomial(probs, 1, false, generator_).item<int64_t>();
     return static_cast<int32_t>(order[pick].item<int64_t>());
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(
-        absl::StrCat("sampling failed: ", e.what_without_backtrace()));
+        absl::StrCat("sampling failed: ", TorchErrorMessage(e)));
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/util/status_macros.h"
+#include "core/util/torch_errors.h"
 
 namespace optrec {
 
@@ -68,9 +69,9 @@ absl::StatusOr<std::vector<ContinuationScore>> ScoreContinuations(
       s.log_likelihood += lp[n];
       s.tokens += 1;
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(
-        absl::StrCat("scoring failed: ", e.what_without_backtrace()));
+        absl::StrCat("scoring failed: ", TorchErrorMessage(e)));
   }
   for (ContinuationScore& s : scores) {
     s.mean_log_likelihood = s.log_likelihood / static_cast<double>(s.tokens);
@@ -132,9 +133,9 @@ absl::StatusOr<std::vector<ContinuationScore>> ScoreSharedContext(
       scores[i].log_likelihood = first[continuations[i][0]];
       scores[i].tokens = 1;
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(
-        absl::StrCat("scoring failed: ", e.what_without_backtrace()));
+        absl::StrCat("scoring failed: ", TorchErrorMessage(e)));
   }
 
   const int64_t n = static_cast<int64_t>(continuations.size());
@@ -172,9 +173,9 @@ absl::StatusOr<std::vector<ContinuationScore>> ScoreSharedContext(
         s.log_likelihood += lp[k];
         s.tokens += 1;
       }
-    } catch (const c10::Error& e) {
+    } catch (const std::exception& e) {
       return absl::InternalError(
-          absl::StrCat("scoring failed: ", e.what_without_backtrace()));
+          absl::StrCat("scoring failed: ", TorchErrorMessage(e)));
     }
   }
   for (ContinuationScore& s : scores) {

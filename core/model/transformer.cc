@@ -8,6 +8,7 @@
 #include "core/checkpoint/weight_store.h"
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
+#include "core/util/torch_errors.h"
 
 namespace optrec {
 
@@ -631,10 +632,10 @@ absl::StatusOr<ForwardOutput> TransformerLM::Forward(
   ForwardOutput out;
   try {
     ForwardImpl(rows, cache, options, &out);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     if (cache != nullptr) cache->AbortStep();
     return absl::InternalError(
-        absl::StrCat("Forward failed: ", e.what_without_backtrace()));
+        absl::StrCat("Forward failed: ", TorchErrorMessage(e)));
   }
   return out;
 }

@@ -3,7 +3,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "core/cli/args.h"
 #include "core/util/status_macros.h"
 #include "tuning/cli/commands.h"
@@ -56,25 +55,6 @@ Args PretrainArgs() {
       });
 }
 
-// `word` as a POSIX shell reads it back: bare when it holds only safe
-// characters, otherwise in single quotes.
-std::string ShellQuoted(const std::string& word) {
-  const bool safe =
-      !word.empty() && word.find_first_not_of(
-                           "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
-                           "WXYZ0123456789_./=:,+-@%") == std::string::npos;
-  if (safe) return word;
-  std::string quoted = "'";
-  for (char c : word) {
-    if (c == '\'') {
-      quoted += "'\\''";
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "'";
-}
-
 absl::StatusOr<PretrainOptions> OptionsFrom(const Args& args, int argc,
                                             char** argv) {
   PretrainOptions o;
@@ -115,9 +95,7 @@ absl::StatusOr<PretrainOptions> OptionsFrom(const Args& args, int argc,
         absl::StrCat("--dtype must be f32 or bf16, got '", dtype, "'"));
   }
   o.card_notes = args.GetAll("note");
-  std::vector<std::string> words = {"optrec"};
-  for (int i = 1; i < argc; ++i) words.push_back(ShellQuoted(argv[i]));
-  o.command_line = absl::StrJoin(words, " ");
+  o.command_line = ShellCommandLine(argc, argv);
   return o;
 }
 

@@ -1,7 +1,5 @@
 #include "tuning/pretrain/corpus.h"
 
-#include <xxhash.h>
-
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -9,7 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "core/util/hash.h"
 #include "core/util/status_macros.h"
 
 namespace optrec {
@@ -31,8 +29,7 @@ absl::StatusOr<Corpus> ReadCorpus(const std::string& path) {
   const std::string bytes = buffer.str();
   Corpus corpus;
   corpus.bytes = static_cast<int64_t>(bytes.size());
-  const XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
-  corpus.hash = absl::StrFormat("%016x%016x", h.high64, h.low64);
+  corpus.hash = Xxh3Hex128(bytes);
 
   std::istringstream lines(bytes);
   std::string line;

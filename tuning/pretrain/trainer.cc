@@ -17,8 +17,10 @@
 #include "core/util/files.h"
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
+#include "core/util/torch_errors.h"
+#include "tuning/common/progress.h"
+#include "tuning/common/run_dir.h"
 #include "tuning/pretrain/corpus.h"
-#include "tuning/pretrain/progress.h"
 
 namespace optrec {
 namespace {
@@ -26,8 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
 
-constexpr char kRunFile[] = "run.json";
-constexpr char kCheckpoint[] = "checkpoint";
 constexpr char kTokenizerFile[] = "tokenizer.model";
 
 std::string WorkDir(const PretrainOptions& o) {
@@ -53,18 +53,6 @@ nlohmann::json RunSettings(const PretrainOptions& o, const Corpus& train,
   j["train_corpus_hash"] = train.hash;
   j["valid_corpus_hash"] = valid.hash;
   return j;
-}
-
-// The first setting that differs, for the error message.
-std::string FirstDifference(const nlohmann::json& a, const nlohmann::json& b) {
-  for (auto it = a.begin(); it != a.end(); ++it) {
-    if (!b.contains(it.key()) || b[it.key()] != it.value()) {
-      return absl::StrCat(it.key(), ": ", it.value().dump(), " there, ",
-                          b.contains(it.key()) ? b[it.key()].dump() : "none",
-                          " now");
-    }
-  }
-  return "settings differ";
 }
 
 // Trains the tokenizer into work_dir unless it is there already.
@@ -106,34 +94,6 @@ absl::Status EnsureTokenizer(const std::string& work, const Corpus& train,
   return absl::OkStatus();
 }
 
-// Checks that the work directory holds this run (or nothing) and records
-// the settings.
-absl::Status ClaimWorkDir(const PretrainOptions& o,
-                          const nlohmann::json& settings) {
-  const std::string work = WorkDir(o);
-  const std::string run_file = absl::StrCat(work, "/", kRunFile);
-  std::error_code ec;
-  if (fs::exists(run_file, ec)) {
-    ASSIGN_OR_RETURN(std::string text, ReadFile(run_file));
-    nlohmann::json previous = nlohmann::json::parse(text, nullptr, false);
-    if (previous == settings) return absl::OkStatus();
-    if (!o.force) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "work directory ", work, " holds a run with other settings (",
-          previous.is_discarded() ? "unreadable run.json"
-                                  : FirstDifference(previous, settings),
-          "); remove it or pass --force to start over"));
-    }
-    fs::remove_all(work, ec);
-    if (ec) {
-      return absl::InternalError(absl::StrCat(
-          "cannot clear the work directory ", work, ": ", ec.message()));
-    }
-  }
-  RETURN_IF_ERROR(MakeDirs(work));
-  return WriteFileAtomic(run_file, settings.dump(2) + "\n");
-}
-
 // Which blocks each step trains on: epoch e visits all N blocks in the order
 // of a permutation drawn from (seed, e), B blocks a step.
 class BlockOrder {
@@ -166,16 +126,10 @@ class BlockOrder {
 };
 
 // The learning rate of step `step` (0-based): linear warm-up to the peak,
-// then a cosine that would reach min_learning_rate at step `steps`, one past
-// the last step run.
+// then a cosine down to min_learning_rate.
 double LearningRate(const PretrainOptions& o, int64_t step) {
-  if (step < o.warmup_steps) {
-    return o.learning_rate * static_cast<double>(step + 1) / o.warmup_steps;
-  }
-  const double span = std::max<int64_t>(1, o.steps - o.warmup_steps);
-  const double progress = std::min(1.0, (step - o.warmup_steps) / span);
-  return o.min_learning_rate + 0.5 * (o.learning_rate - o.min_learning_rate) *
-                                   (1.0 + std::cos(M_PI * progress));
+  return WarmupCosineRate(step, o.steps, o.warmup_steps, o.learning_rate,
+                          o.min_learning_rate);
 }
 
 // Mean next-token loss (nats) of the model on blocks [N, T + 1].
@@ -257,61 +211,25 @@ nlohmann::json StateJson(const TrainState& s) {
           {"threads", s.threads}};
 }
 
-// Checkpoints live in "checkpoint-<step>" folders; the file "latest" names
-// the newest complete one and is replaced atomically after it is written,
-// so a kill at any moment leaves a usable checkpoint (or none yet).
-constexpr char kLatestFile[] = "latest";
-
+// Writes the checkpoint of state.step into the work directory (see
+// tuning/common/run_dir.h).
 absl::Status SaveCheckpoint(const std::string& work,
                             const TrainableLlama& model,
                             const torch::optim::AdamW& optimizer,
                             const TrainState& state) {
-  const std::string name = absl::StrCat(kCheckpoint, "-", state.step);
-  ASSIGN_OR_RETURN(StagedDirectory staged,
-                   StagedDirectory::Create(work + "/" + name, true));
+  const CheckpointDir checkpoints(work);
+  ASSIGN_OR_RETURN(StagedDirectory staged, checkpoints.Begin(state.step));
   RETURN_IF_ERROR(WriteSafetensors(staged.path() + "/model.safetensors",
                                    model->StateDict()));
   try {
     torch::save(optimizer, staged.path() + "/optimizer.pt");
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("cannot save the optimizer: ",
-                                            e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("cannot save the optimizer: ", TorchErrorMessage(e)));
   }
   RETURN_IF_ERROR(WriteFileAtomic(staged.path() + "/state.json",
                                   StateJson(state).dump(2) + "\n"));
-  RETURN_IF_ERROR(staged.Commit());
-  RETURN_IF_ERROR(
-      WriteFileAtomic(absl::StrCat(work, "/", kLatestFile), name + "\n"));
-  // Older checkpoints are no longer needed.
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(work, ec)) {
-    const std::string other = entry.path().filename().string();
-    if (other != name && other.rfind(std::string(kCheckpoint) + "-", 0) == 0) {
-      fs::remove_all(entry.path(), ec);
-    }
-  }
-  return absl::OkStatus();
-}
-
-// The folder of the newest checkpoint in `work`, or "" when there is none.
-absl::StatusOr<std::string> LatestCheckpoint(const std::string& work) {
-  const std::string latest = absl::StrCat(work, "/", kLatestFile);
-  std::error_code ec;
-  if (!fs::exists(latest, ec)) {
-    if (ec) {
-      return absl::InternalError(
-          absl::StrCat("cannot read ", work, ": ", ec.message()));
-    }
-    return std::string();
-  }
-  ASSIGN_OR_RETURN(std::string name, ReadFile(latest));
-  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) {
-    name.pop_back();
-  }
-  if (name.empty() || name.find('/') != std::string::npos) {
-    return absl::DataLossError(absl::StrCat(latest, " is corrupt"));
-  }
-  return absl::StrCat(work, "/", name);
+  return checkpoints.Publish(std::move(staged), state.step);
 }
 
 absl::StatusOr<TrainState> ReadState(const std::string& path, int64_t steps) {
@@ -345,7 +263,7 @@ absl::StatusOr<TrainState> ReadState(const std::string& path, int64_t steps) {
 absl::StatusOr<TrainState> LoadCheckpoint(const std::string& work,
                                           int64_t steps, TrainableLlama& model,
                                           torch::optim::AdamW& optimizer) {
-  ASSIGN_OR_RETURN(std::string dir, LatestCheckpoint(work));
+  ASSIGN_OR_RETURN(std::string dir, CheckpointDir(work).Latest());
   if (dir.empty()) return TrainState{};
   ASSIGN_OR_RETURN(TrainState state, ReadState(dir + "/state.json", steps));
   ASSIGN_OR_RETURN(auto file,
@@ -359,10 +277,10 @@ absl::StatusOr<TrainState> LoadCheckpoint(const std::string& work,
   RETURN_IF_ERROR(model->LoadStateDict(tensors));
   try {
     torch::load(optimizer, dir + "/optimizer.pt");
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat(
         "checkpoint ", dir,
-        ": cannot load the optimizer state: ", e.what_without_backtrace()));
+        ": cannot load the optimizer state: ", TorchErrorMessage(e)));
   }
   if (state.threads > 0 && state.threads != torch::get_num_threads()) {
     LOG_WARNING << "the checkpoint was written with " << state.threads
@@ -509,7 +427,7 @@ absl::StatusOr<RunData> PrepareRun(const PretrainOptions& o) {
   }
   const std::string work = WorkDir(o);
   data.settings = RunSettings(o, data.train, data.valid);
-  RETURN_IF_ERROR(ClaimWorkDir(o, data.settings));
+  RETURN_IF_ERROR(ClaimWorkDir(work, data.settings, o.force));
   RETURN_IF_ERROR(EnsureTokenizer(work, data.train, o.shape.vocab));
   ASSIGN_OR_RETURN(data.tokenizer,
                    LoadTokenizerFile(absl::StrCat(work, "/", kTokenizerFile)));

@@ -1,8 +1,9 @@
-#include "tuning/pretrain/progress.h"
+#include "tuning/common/progress.h"
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 
@@ -19,15 +20,17 @@ std::string ClockText(double seconds) {
 
 }  // namespace
 
-ProgressLine::ProgressLine(FILE* out, int64_t first_step, int64_t total_steps)
+ProgressLine::ProgressLine(FILE* out, int64_t first_step, int64_t total_steps,
+                           std::string unit)
     : out_(out),
       terminal_(isatty(fileno(out)) != 0),
       first_step_(first_step),
-      total_steps_(total_steps) {}
+      total_steps_(total_steps),
+      unit_(std::move(unit)) {}
 
-void ProgressLine::Update(int64_t step, int64_t tokens,
+void ProgressLine::Update(int64_t step, int64_t units,
                           const std::string& extra) {
-  tokens_ += tokens;
+  units_ += units;
   const Clock::time_point now = Clock::now();
   const double gap = std::chrono::duration<double>(now - last_print_).count();
   const bool last = step >= total_steps_;
@@ -39,15 +42,15 @@ void ProgressLine::Update(int64_t step, int64_t tokens,
   const int64_t done = step - first_step_;
   const double per_step = done > 0 ? elapsed / done : 0.0;
   const double eta = per_step * static_cast<double>(total_steps_ - step);
-  const double rate = elapsed > 0 ? tokens_ / elapsed : 0.0;
+  const double rate = elapsed > 0 ? units_ / elapsed : 0.0;
   constexpr int kWidth = 24;
   const int filled = static_cast<int>(
       kWidth * std::min<double>(1.0, static_cast<double>(step) / total_steps_));
   std::string bar(filled, '#');
   bar.resize(kWidth, '.');
   const std::string line = absl::StrFormat(
-      "[%s] %d/%d  %.0f tok/s  %s  elapsed %s  ETA %s", bar, step, total_steps_,
-      rate, extra, ClockText(elapsed), ClockText(eta));
+      "[%s] %d/%d  %.1f %s/s  %s  elapsed %s  ETA %s", bar, step, total_steps_,
+      rate, unit_, extra, ClockText(elapsed), ClockText(eta));
   if (terminal_) {
     std::fprintf(out_, "\r%s\033[K", line.c_str());
     open_line_ = true;
