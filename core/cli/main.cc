@@ -38,6 +38,8 @@ constexpr Command kCommands[] = {
      optrec::RunPretrain},
     {"demo", "show a model completing and ranking a shop user's behaviour",
      optrec::RunDemo},
+    {"tune", "train task prompt modules over a frozen model", optrec::RunTune},
+    {"eval", "evaluate a prompt module, or a task zero-shot", optrec::RunEval},
 #endif
 };
 

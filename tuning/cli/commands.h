@@ -15,6 +15,11 @@ int RunPretrain(int argc, char** argv);
 // optrec demo: loads a model and a world, and shows the model completing a
 // test user's behaviour text and ranking candidate items zero-shot.
 int RunDemo(int argc, char** argv);
+// optrec tune: trains prompt modules of one or more tasks over a frozen
+// model in mixed-task batches.
+int RunTune(int argc, char** argv);
+// optrec eval: a task's metrics with a prompt module or zero-shot.
+int RunEval(int argc, char** argv);
 
 }  // namespace optrec
 

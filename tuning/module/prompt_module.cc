@@ -1,0 +1,387 @@
+#include "tuning/module/prompt_module.h"
+
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "core/checkpoint/safetensors.h"
+#include "core/util/status_macros.h"
+
+namespace optrec {
+namespace {
+
+constexpr char kMetadataKey[] = "optrec_module";
+constexpr int kFormatVersion = 1;
+
+// The mean input embedding [D] of the words of `text` (f32, no grad).
+absl::StatusOr<torch::Tensor> MeanEmbedding(const TransformerLM& model,
+                                            const InputEncoder& encoder,
+                                            const std::string& text) {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, encoder.EncodeText(" " + text));
+  if (ids.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' encodes to no tokens"));
+  }
+  std::vector<int64_t> wide(ids.begin(), ids.end());
+  torch::NoGradGuard no_grad;
+  torch::Tensor e = model.EmbedTokens(
+      torch::tensor(wide, torch::kInt64).to(model.device().device));
+  return e.mean(0).to(torch::kCPU, torch::kFloat32);
+}
+
+torch::Tensor Trainable(torch::Tensor t) {
+  return t.to(torch::kFloat32).contiguous().requires_grad_(true);
+}
+
+// A tower's initial weights.
+TowerWeights NewTower(const TransformerLM& model, const TaskSpec& spec,
+                      TuningMethod method, torch::Generator& gen) {
+  const ModelConfig& c = model.config();
+  const int64_t d = c.hidden_size, p = spec.prompt_length;
+  const auto f32 = torch::dtype(torch::kFloat32);
+  TowerWeights t;
+  torch::Tensor tokens =
+      torch::randint(3, c.vocab_size, {p}, gen, torch::dtype(torch::kInt64));
+  {
+    torch::NoGradGuard no_grad;
+    t.prompt = model.EmbedTokens(tokens.to(model.device().device))
+                   .to(torch::kCPU, torch::kFloat32);
+  }
+  if (method == TuningMethod::kOptionAdapter) {
+    const int64_t r = spec.adapter_rank, l = c.num_layers;
+    t.adapter.down = Trainable(torch::randn({l, d, r}, gen, f32) /
+                               std::sqrt(static_cast<double>(d)));
+    t.adapter.up = Trainable(torch::zeros({l, r, d}, f32));
+    t.adapter.scale = Trainable(torch::ones({l}, f32));
+  }
+  if (spec.kind == TaskKind::kRetrieve) {
+    t.projection = Trainable(torch::randn({spec.embedding_dim, d}, gen, f32) /
+                             std::sqrt(static_cast<double>(d)));
+  }
+  return t;
+}
+
+void AddTower(const std::string& prefix, const TowerWeights& t,
+              PromptModule::Named* out) {
+  out->emplace_back(prefix + "prompt", t.prompt);
+  if (t.adapter.defined()) {
+    out->emplace_back(prefix + "adapter.down", t.adapter.down);
+    out->emplace_back(prefix + "adapter.up", t.adapter.up);
+    out->emplace_back(prefix + "adapter.scale", t.adapter.scale);
+  }
+  if (t.projection.defined()) {
+    out->emplace_back(prefix + "projection", t.projection);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Create(
+    const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+    const InputEncoder& encoder, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  if (spec.prompt_length + spec.max_tokens > c.max_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", spec.task, ": prompt_length ", spec.prompt_length,
+                     " + max_tokens ", spec.max_tokens, " exceed the model's ",
+                     c.max_positions, " positions"));
+  }
+  std::shared_ptr<PromptModule> m(new PromptModule());
+  m->spec_ = spec;
+  m->method_ = method;
+  m->base_fingerprint_ = model.fingerprint();
+  m->backbone_parameters_ = model.parameter_count();
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  m->user_ = NewTower(model, spec, method, gen);
+  if (spec.kind == TaskKind::kRetrieve) {
+    m->item_ = NewTower(model, spec, method, gen);
+  }
+  const int64_t p = spec.prompt_length, n = spec.options.size();
+  if (spec.kind == TaskKind::kScore) {
+    if (method == TuningMethod::kPrompt) {
+      m->head_weight_ = torch::zeros({n, c.hidden_size}, torch::kFloat32);
+      m->head_bias_ = torch::zeros({n}, torch::kFloat32);
+    } else {
+      for (int64_t o = 0; o < n; ++o) {
+        ASSIGN_OR_RETURN(torch::Tensor e,
+                         MeanEmbedding(model, encoder, spec.options[o].text));
+        m->user_.prompt[p - n + o].copy_(e);
+      }
+    }
+  }
+  const std::vector<std::string>& names = encoder.special_names();
+  if (!names.empty()) {
+    std::vector<torch::Tensor> rows;
+    for (const std::string& name : names) {
+      std::string words = name;
+      for (char& ch : words) {
+        if (ch == '_') ch = ' ';
+      }
+      ASSIGN_OR_RETURN(torch::Tensor e, MeanEmbedding(model, encoder, words));
+      rows.push_back(e);
+    }
+    m->special_ = torch::stack(rows);
+  }
+  for (const auto& [name, t] : m->NamedTensors()) {
+    t.requires_grad_(true);
+  }
+  return m;
+}
+
+PromptModule::Named PromptModule::NamedTensors() const {
+  Named out;
+  AddTower("", user_, &out);
+  if (head_weight_.defined()) {
+    out.emplace_back("head.weight", head_weight_);
+    out.emplace_back("head.bias", head_bias_);
+  }
+  if (special_.defined()) out.emplace_back("special", special_);
+  if (item_.prompt.defined()) AddTower("item.", item_, &out);
+  return out;
+}
+
+std::vector<torch::Tensor> PromptModule::Parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& [name, t] : NamedTensors()) out.push_back(t);
+  return out;
+}
+
+int64_t PromptModule::ParameterCount() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : NamedTensors()) n += t.numel();
+  return n;
+}
+
+absl::Status PromptModule::CopyFrom(const Named& tensors) {
+  std::map<std::string, torch::Tensor> given(tensors.begin(), tensors.end());
+  const Named mine = NamedTensors();
+  for (const auto& [name, t] : mine) {
+    auto it = given.find(name);
+    if (it == given.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("module tensor '", name, "' is missing"));
+    }
+    if (it->second.sizes() != t.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "module tensor '", name, "' has shape ", c10::str(it->second.sizes()),
+          "; expected ", c10::str(t.sizes())));
+    }
+  }
+  if (given.size() != mine.size()) {
+    for (const auto& [name, t] : given) {
+      bool known = false;
+      for (const auto& [other, u] : mine) known |= other == name;
+      if (!known) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unexpected module tensor '", name, "'"));
+      }
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : mine) {
+    t.copy_(given[name].to(t.dtype()));
+  }
+  return absl::OkStatus();
+}
+
+torch::Tensor PromptModule::OptionLogits(const torch::Tensor& h) const {
+  if (head_weight_.defined()) {
+    return torch::linear(h, head_weight_.to(h.dtype()),
+                         head_bias_.to(h.dtype()));
+  }
+  const int64_t n = spec_.options.size();
+  torch::Tensor options =
+      user_.prompt.narrow(0, spec_.prompt_length - n, n);  // [C, D]
+  return torch::matmul(h, options.to(h.dtype()).t());      // [N, C]
+}
+
+torch::Tensor PromptModule::Embed(const torch::Tensor& h,
+                                  bool item_tower) const {
+  const TowerWeights& t = item_tower ? item_ : user_;
+  torch::Tensor e = torch::linear(h, t.projection.to(h.dtype()));  // [N, E]
+  return torch::nn::functional::normalize(
+      e, torch::nn::functional::NormalizeFuncOptions().dim(-1).eps(1e-12));
+}
+
+RowInput PromptModule::MakeRow(const EncodedInput& in, bool item_tower) const {
+  const TowerWeights& t = item_tower ? item_ : user_;
+  RowInput row;
+  row.ids = in.ids;
+  row.prompt = t.prompt;
+  row.adapter = t.adapter;
+  if (!in.special_at.empty()) {
+    std::vector<int64_t> index(in.special_index.begin(),
+                               in.special_index.end());
+    row.override_at = in.special_at;
+    row.override_embeddings =
+        special_.index_select(0, torch::tensor(index, torch::kInt64));
+  }
+  return row;
+}
+
+absl::Status PromptModule::CheckShapes(const ModelConfig& c,
+                                       const std::string& where) const {
+  const int64_t d = c.hidden_size, p = spec_.prompt_length;
+  auto bad = [&](const std::string& name, const torch::Tensor& t,
+                 const std::string& expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": tensor '", name, "' has shape ",
+        t.defined() ? c10::str(t.sizes()) : "none", "; expected ", expected));
+  };
+  auto check_tower = [&](const std::string& prefix,
+                         const TowerWeights& t) -> absl::Status {
+    if (!t.prompt.defined() || t.prompt.dim() != 2 || t.prompt.size(0) != p ||
+        t.prompt.size(1) != d) {
+      return bad(prefix + "prompt", t.prompt,
+                 absl::StrCat("[", p, ", ", d, "]"));
+    }
+    const bool wants_adapter = method_ == TuningMethod::kOptionAdapter;
+    if (wants_adapter != t.adapter.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": method ", TuningMethodName(method_),
+          wants_adapter ? " needs" : " has no", " adapter tensors"));
+    }
+    if (wants_adapter) {
+      const int64_t r = t.adapter.down.dim() == 3 ? t.adapter.down.size(2) : -1;
+      const std::string shapes =
+          absl::StrCat("[", c.num_layers, ", ", d, ", R], [", c.num_layers,
+                       ", R, ", d, "], [", c.num_layers, "]");
+      if (r < 1 || t.adapter.down.size(0) != c.num_layers ||
+          t.adapter.down.size(1) != d || !t.adapter.up.defined() ||
+          t.adapter.up.sizes() != torch::IntArrayRef({c.num_layers, r, d}) ||
+          !t.adapter.scale.defined() ||
+          t.adapter.scale.sizes() != torch::IntArrayRef({c.num_layers})) {
+        return bad(prefix + "adapter.down", t.adapter.down, shapes);
+      }
+    }
+    if (spec_.kind == TaskKind::kRetrieve &&
+        (!t.projection.defined() ||
+         t.projection.sizes() !=
+             torch::IntArrayRef({spec_.embedding_dim, d}))) {
+      return bad(prefix + "projection", t.projection,
+                 absl::StrCat("[", spec_.embedding_dim, ", ", d, "]"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check_tower("", user_));
+  if (spec_.kind == TaskKind::kRetrieve) {
+    RETURN_IF_ERROR(check_tower("item.", item_));
+  }
+  const int64_t n = spec_.options.size();
+  if (spec_.kind == TaskKind::kScore && method_ == TuningMethod::kPrompt &&
+      (!head_weight_.defined() ||
+       head_weight_.sizes() != torch::IntArrayRef({n, d}) ||
+       !head_bias_.defined() ||
+       head_bias_.sizes() != torch::IntArrayRef({n}))) {
+    return bad("head.weight", head_weight_, absl::StrCat("[", n, ", ", d, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PromptModule::Save(const std::string& path) const {
+  nlohmann::json meta = info_;
+  meta["format_version"] = kFormatVersion;
+  meta["task"] = spec_.task;
+  meta["kind"] = TaskKindName(spec_.kind);
+  meta["method"] = TuningMethodName(method_);
+  meta["spec"] = spec_.json;
+  meta["base_model_fingerprint"] = base_fingerprint_;
+  meta["parameters"] = ParameterCount();
+  meta["backbone_parameters"] = backbone_parameters_;
+  meta["parameter_share"] =
+      backbone_parameters_ > 0
+          ? static_cast<double>(ParameterCount()) / backbone_parameters_
+          : 0.0;
+  Named tensors;
+  for (const auto& [name, t] : NamedTensors()) {
+    tensors.emplace_back(name, t.detach().to(torch::kCPU, torch::kFloat32));
+  }
+  return WriteSafetensors(path, tensors, {{kMetadataKey, meta.dump()}});
+}
+
+absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Load(
+    const std::string& path, const TransformerLM& model) {
+  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  auto it = file->metadata().find(kMetadataKey);
+  if (it == file->metadata().end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not an optrec prompt module (no '", kMetadataKey,
+                     "' metadata)"));
+  }
+  nlohmann::json meta = nlohmann::json::parse(it->second, nullptr, false);
+  if (!meta.is_object() || !meta.contains("spec") || !meta.contains("method") ||
+      !meta["method"].is_string() || !meta.contains("base_model_fingerprint") ||
+      !meta["base_model_fingerprint"].is_string()) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": the module metadata are corrupt"));
+  }
+  if (meta.value("format_version", 0) != kFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": module format_version ", meta.value("format_version", 0),
+        " is not ", kFormatVersion));
+  }
+  const std::string fingerprint = meta["base_model_fingerprint"];
+  if (fingerprint != model.fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": this module was trained on base model ", fingerprint,
+        ", not on the loaded model ", model.directory(), " (fingerprint ",
+        model.fingerprint(), "); retrain it on this model"));
+  }
+  std::shared_ptr<PromptModule> m(new PromptModule());
+  ASSIGN_OR_RETURN(m->spec_, ParseTaskSpec(meta["spec"], path + " (spec)"));
+  ASSIGN_OR_RETURN(m->method_,
+                   ParseTuningMethod(meta["method"].get<std::string>()));
+  m->base_fingerprint_ = fingerprint;
+  m->backbone_parameters_ = model.parameter_count();
+  for (const char* key : {"format_version", "task", "kind", "method", "spec",
+                          "base_model_fingerprint", "parameters",
+                          "backbone_parameters", "parameter_share"}) {
+    meta.erase(key);
+  }
+  m->info_ = std::move(meta);
+
+  std::map<std::string, torch::Tensor> t;
+  for (const std::string& name : file->names()) {
+    ASSIGN_OR_RETURN(t[name],
+                     ToTorch(file, *file->Find(name), torch::kFloat32));
+    t[name] = t[name].clone();  // detach from the mapping
+  }
+  auto take = [&t](const std::string& name) {
+    auto found = t.find(name);
+    if (found == t.end()) return torch::Tensor();
+    torch::Tensor v = found->second;
+    t.erase(found);
+    return v;
+  };
+  auto take_tower = [&](const std::string& prefix, TowerWeights* tower) {
+    tower->prompt = take(prefix + "prompt");
+    tower->adapter.down = take(prefix + "adapter.down");
+    tower->adapter.up = take(prefix + "adapter.up");
+    tower->adapter.scale = take(prefix + "adapter.scale");
+    tower->projection = take(prefix + "projection");
+  };
+  take_tower("", &m->user_);
+  if (m->spec_.kind == TaskKind::kRetrieve) take_tower("item.", &m->item_);
+  m->head_weight_ = take("head.weight");
+  m->head_bias_ = take("head.bias");
+  m->special_ = take("special");
+  if (!t.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": unexpected tensor '", t.begin()->first,
+                     "' for a ", TaskKindName(m->spec_.kind), " task tuned by ",
+                     TuningMethodName(m->method_)));
+  }
+  RETURN_IF_ERROR(m->CheckShapes(model.config(), path));
+  const int64_t names = SpecialTokenNames(m->spec_).size();
+  if ((names == 0) != !m->special_.defined() ||
+      (names > 0 &&
+       m->special_.sizes() !=
+           torch::IntArrayRef({names, model.config().hidden_size}))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": tensor 'special' does not hold the spec's ",
+                     names, " special tokens"));
+  }
+  return m;
+}
+
+}  // namespace optrec

@@ -1,0 +1,197 @@
+#include "tuning/tasks/render.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/util/status_macros.h"
+
+namespace optrec {
+namespace {
+
+const FieldValue* Lookup(const std::string& ref, const FieldMap& fields,
+                         const FieldMap* item) {
+  if (ref.rfind("item.", 0) == 0) {
+    if (item == nullptr) return nullptr;
+    auto it = item->find(ref.substr(5));
+    return it == item->end() ? nullptr : &it->second;
+  }
+  auto it = fields.find(ref);
+  return it == fields.end() ? nullptr : &it->second;
+}
+
+// The name inside a part that is exactly "{name}", or "".
+std::string WholeReference(const std::string& part) {
+  if (part.size() > 2 && part.front() == '{' && part.back() == '}' &&
+      part.find('{', 1) == std::string::npos) {
+    return part.substr(1, part.size() - 2);
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FillText(const std::string& text,
+                                     const FieldMap& fields,
+                                     const FieldMap* item,
+                                     const std::string& separator) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t open = text.find('{', pos);
+    const size_t close =
+        open == std::string::npos ? open : text.find('}', open + 1);
+    if (close == std::string::npos) {
+      out.append(text, pos, std::string::npos);
+      break;
+    }
+    out.append(text, pos, open - pos);
+    const std::string ref = text.substr(open + 1, close - open - 1);
+    const FieldValue* v = Lookup(ref, fields, item);
+    if (v == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the template uses {", ref, "}, which is missing"));
+    }
+    out += v->is_list ? absl::StrJoin(v->list, separator) : v->text;
+    pos = close + 1;
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> RenderTemplate(const TaskTemplate& t,
+                                           const FieldMap& fields,
+                                           const FieldMap* item,
+                                           int64_t keep_list) {
+  std::vector<std::string> parts;
+  for (const std::string& part : t.input) {
+    const std::string whole = WholeReference(part);
+    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
+    if (v != nullptr && v->is_list) {
+      const int64_t n = static_cast<int64_t>(v->list.size());
+      const int64_t first =
+          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
+      for (int64_t i = first; i < n; ++i) parts.push_back(v->list[i]);
+      continue;
+    }
+    ASSIGN_OR_RETURN(std::string filled,
+                     FillText(part, fields, item, t.separator));
+    if (!filled.empty()) parts.push_back(std::move(filled));
+  }
+  return absl::StrJoin(parts, t.separator);
+}
+
+InputEncoder::InputEncoder(const TaskSpec& spec, const Tokenizer& tokenizer,
+                           const Catalog* catalog)
+    : spec_(spec),
+      tokenizer_(tokenizer),
+      catalog_(catalog),
+      special_names_(SpecialTokenNames(spec)) {
+  const SpecialTokens& s = tokenizer.special();
+  placeholder_id_ = s.unk_id >= 0 ? s.unk_id : (s.pad_id >= 0 ? s.pad_id : 0);
+}
+
+absl::StatusOr<std::vector<int32_t>> InputEncoder::EncodeText(
+    const std::string& text) const {
+  return tokenizer_.Encode(text, /*add_special=*/false);
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::Encode(
+    const std::string& text) const {
+  EncodedInput out;
+  if (tokenizer_.special().bos_id >= 0) {
+    out.ids.push_back(tokenizer_.special().bos_id);
+  }
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t open = text.find("<|", pos);
+    size_t close = open == std::string::npos ? open : text.find("|>", open + 2);
+    const std::string name = close == std::string::npos
+                                 ? ""
+                                 : text.substr(open + 2, close - open - 2);
+    auto known = std::find(special_names_.begin(), special_names_.end(), name);
+    if (close != std::string::npos && known == special_names_.end()) {
+      // Not a special token of this task: plain text.
+      open = close = std::string::npos;
+    }
+    const std::string piece = text.substr(
+        pos, open == std::string::npos ? std::string::npos : open - pos);
+    if (piece.find_first_not_of(' ') != std::string::npos) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(piece));
+      out.ids.insert(out.ids.end(), ids.begin(), ids.end());
+    }
+    if (close == std::string::npos) break;
+    out.special_at.push_back(static_cast<int64_t>(out.ids.size()));
+    out.special_index.push_back(
+        static_cast<int>(known - special_names_.begin()));
+    out.ids.push_back(placeholder_id_);
+    pos = close + 2;
+  }
+  return out;
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::EncodeFitted(
+    const TaskTemplate& t, const FieldMap& fields, const FieldMap* item) const {
+  int64_t longest = 0;
+  for (const auto& [name, v] : fields) {
+    if (v.is_list) longest = std::max<int64_t>(longest, v.list.size());
+  }
+  int64_t keep = std::min<int64_t>(spec_.max_history, longest);
+  while (true) {
+    ASSIGN_OR_RETURN(std::string text, RenderTemplate(t, fields, item, keep));
+    ASSIGN_OR_RETURN(EncodedInput in, Encode(text));
+    const int64_t n = static_cast<int64_t>(in.ids.size());
+    if (n <= spec_.max_tokens) return in;
+    if (keep > 0) {
+      --keep;
+      continue;
+    }
+    // Still too long without lists: cut from the front, after BOS.
+    const int64_t head = tokenizer_.special().bos_id >= 0 ? 1 : 0;
+    const int64_t cut = n - spec_.max_tokens;
+    in.ids.erase(in.ids.begin() + head, in.ids.begin() + head + cut);
+    EncodedInput fitted;
+    fitted.ids = std::move(in.ids);
+    for (size_t i = 0; i < in.special_at.size(); ++i) {
+      if (in.special_at[i] >= head + cut) {
+        fitted.special_at.push_back(in.special_at[i] - cut);
+        fitted.special_index.push_back(in.special_index[i]);
+      } else if (in.special_at[i] < head) {
+        fitted.special_at.push_back(in.special_at[i]);
+        fitted.special_index.push_back(in.special_index[i]);
+      }
+    }
+    return fitted;
+  }
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::EncodeExample(
+    const Example& e, size_t template_index) const {
+  if (template_index >= spec_.templates.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", spec_.task, " has no template ", template_index));
+  }
+  return EncodeWith(spec_.templates[template_index], e);
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::EncodeWith(const TaskTemplate& t,
+                                                      const Example& e) const {
+  const FieldMap* item =
+      catalog_ != nullptr && e.item >= 0 ? &catalog_->fields(e.item) : nullptr;
+  absl::StatusOr<EncodedInput> in = EncodeFitted(t, e.fields, item);
+  if (!in.ok()) {
+    return absl::Status(
+        in.status().code(),
+        absl::StrCat("example at line ", e.line, ": ", in.status().message()));
+  }
+  return in;
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::EncodeItem(int64_t item) const {
+  if (catalog_ == nullptr || item < 0 || item >= catalog_->size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", spec_.task, ": no catalog item ", item));
+  }
+  return EncodeFitted(spec_.item_template, catalog_->fields(item), nullptr);
+}
+
+}  // namespace optrec

@@ -1,0 +1,91 @@
+// From examples to token ids: templates rendered over an example's fields
+// (task_spec.h describes the template language), then tokenized with the
+// backbone's tokenizer, with the positions of trainable special tokens
+// recorded and the input cut to the task's token budget.
+#ifndef OPTREC_TUNING_TASKS_RENDER_H_
+#define OPTREC_TUNING_TASKS_RENDER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/tokenizer/tokenizer.h"
+#include "tuning/tasks/examples.h"
+#include "tuning/tasks/task_spec.h"
+
+namespace optrec {
+
+// The text of template `t` over `fields`, with {item.name} read from
+// `item` (may be null when the template has none). Lists expanded as whole
+// parts keep their newest `keep_list` elements (all when negative).
+// InvalidArgument naming the field when one is missing or has the wrong
+// shape (the data loader checks this first, so it only happens with data
+// that bypassed it).
+absl::StatusOr<std::string> RenderTemplate(const TaskTemplate& t,
+                                           const FieldMap& fields,
+                                           const FieldMap* item,
+                                           int64_t keep_list);
+
+// Token ids of one row's input.
+struct EncodedInput {
+  std::vector<int32_t> ids;  // BOS first when the tokenizer has one
+  // Positions in `ids` of <|name|> tokens (their id is a placeholder whose
+  // embedding the module replaces) and, for each, the index of its name in
+  // SpecialTokenNames(spec).
+  std::vector<int64_t> special_at;
+  std::vector<int> special_index;
+};
+
+// Encodes a task's inputs. Immutable and thread-safe; borrows the spec,
+// tokenizer and catalog, which must outlive it.
+class InputEncoder {
+ public:
+  InputEncoder(const TaskSpec& spec, const Tokenizer& tokenizer,
+               const Catalog* catalog);
+
+  // Template `template_index` over example `e`. When the ids exceed the
+  // spec's max_tokens, the oldest list elements are dropped first; if the
+  // rest is still too long, tokens after BOS are cut from the front.
+  absl::StatusOr<EncodedInput> EncodeExample(const Example& e,
+                                             size_t template_index) const;
+  // Any template (the zero-shot one, say) over `e`, with the same budget.
+  absl::StatusOr<EncodedInput> EncodeWith(const TaskTemplate& t,
+                                          const Example& e) const;
+  // The item tower's input for catalog item `item` (retrieve tasks).
+  absl::StatusOr<EncodedInput> EncodeItem(int64_t item) const;
+  // Text without BOS (targets, continuations, option words).
+  absl::StatusOr<std::vector<int32_t>> EncodeText(
+      const std::string& text) const;
+
+  const TaskSpec& spec() const { return spec_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const Catalog* catalog() const { return catalog_; }
+  const std::vector<std::string>& special_names() const {
+    return special_names_;
+  }
+
+ private:
+  absl::StatusOr<EncodedInput> Encode(const std::string& text) const;
+  absl::StatusOr<EncodedInput> EncodeFitted(const TaskTemplate& t,
+                                            const FieldMap& fields,
+                                            const FieldMap* item) const;
+
+  const TaskSpec& spec_;
+  const Tokenizer& tokenizer_;
+  const Catalog* catalog_;
+  std::vector<std::string> special_names_;
+  int32_t placeholder_id_ = 0;  // the id special positions carry
+};
+
+// Substitutes {name} references of `text` from `fields` (lists joined with
+// `separator`); the continuation templates of zero-shot scoring use it.
+absl::StatusOr<std::string> FillText(const std::string& text,
+                                     const FieldMap& fields,
+                                     const FieldMap* item,
+                                     const std::string& separator);
+
+}  // namespace optrec
+
+#endif  // OPTREC_TUNING_TASKS_RENDER_H_

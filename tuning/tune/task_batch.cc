@@ -1,0 +1,218 @@
+#include "tuning/tune/task_batch.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/util/status_macros.h"
+#include "core/util/torch_errors.h"
+
+namespace optrec {
+namespace {
+
+namespace F = torch::nn::functional;
+
+// Rows of one part inside the batch.
+struct PartRows {
+  int64_t first_user = 0;  // rows [first_user, first_user + N)
+  int64_t first_item = 0;  // retrieve: rows [first_item, first_item + N)
+};
+
+// Final states [N, D] at the last valid position of rows [first, first+n).
+torch::Tensor LastStates(const ForwardOutput& out, int64_t first, int64_t n) {
+  const int64_t t = out.hidden.size(1);
+  std::vector<int64_t> flat;
+  for (int64_t r = first; r < first + n; ++r) {
+    flat.push_back(r * t + out.lengths[r] - 1);
+  }
+  torch::Tensor index =
+      torch::tensor(flat, torch::kInt64).to(out.hidden.device());
+  return out.hidden.reshape({-1, out.hidden.size(2)}).index_select(0, index);
+}
+
+PartOutput ScoreLoss(const BatchPart& part, const PartRows& rows,
+                     const ForwardOutput& out) {
+  const int64_t n = part.examples.size();
+  PartOutput result;
+  torch::Tensor h = LastStates(out, rows.first_user, n);  // [N, D]
+  result.logits = part.module->OptionLogits(h);           // [N, C]
+  std::vector<int64_t> labels;
+  for (const PreparedExample& e : part.examples) labels.push_back(e.label);
+  torch::Tensor y = torch::tensor(labels, torch::kInt64).to(h.device());
+  result.loss = F::cross_entropy(result.logits.to(torch::kFloat32), y);
+  return result;
+}
+
+PartOutput GenerateLoss(const BatchPart& part, const PartRows& rows,
+                        const ForwardOutput& out, const TransformerLM& model) {
+  const int64_t t = out.hidden.size(1);
+  const int64_t p = part.module != nullptr ? part.task->spec.prompt_length : 0;
+  std::vector<int64_t> at, targets;
+  for (size_t i = 0; i < part.examples.size(); ++i) {
+    const PreparedExample& e = part.examples[i];
+    const int64_t r = rows.first_user + static_cast<int64_t>(i);
+    const int64_t n_in = static_cast<int64_t>(e.input.ids.size());
+    // Target token k sits at id position n_in + k (hidden index p + n_in +
+    // k) and is predicted from the position before it.
+    for (size_t k = 0; k < e.target.size(); ++k) {
+      at.push_back(r * t + p + n_in + static_cast<int64_t>(k) - 1);
+      targets.push_back(e.target[k]);
+    }
+  }
+  const auto dev = out.hidden.device();
+  torch::Tensor h =
+      out.hidden.reshape({-1, out.hidden.size(2)})
+          .index_select(0, torch::tensor(at, torch::kInt64).to(dev));
+  torch::Tensor logits = model.Project(h).to(torch::kFloat32);  // [K, V]
+  PartOutput result;
+  result.loss =
+      F::cross_entropy(logits, torch::tensor(targets, torch::kInt64).to(dev));
+  result.target_tokens = static_cast<int64_t>(targets.size());
+  return result;
+}
+
+absl::StatusOr<PartOutput> RetrieveLoss(const BatchPart& part,
+                                        const PartRows& rows,
+                                        const ForwardOutput& out) {
+  const int64_t n = part.examples.size();
+  const PromptModule& m = *part.module;
+  PartOutput result;
+  result.user = m.Embed(LastStates(out, rows.first_user, n), false);  // [N, E]
+  result.item = m.Embed(LastStates(out, rows.first_item, n), true);   // [N, E]
+  std::vector<int64_t> items;
+  for (const PreparedExample& e : part.examples) items.push_back(e.target_item);
+  torch::Tensor ids =
+      torch::tensor(items, torch::kInt64).to(result.user.device());
+  // Another row with the same target is not a negative.
+  torch::Tensor same = ids.unsqueeze(1).eq(ids.unsqueeze(0));  // [N, N]
+  torch::Tensor eye = torch::eye(n, same.options());
+  if (n < 2 || same.all().item<bool>()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", part.task->spec.task,
+        ": an InfoNCE batch needs two or more distinct target items"));
+  }
+  torch::Tensor sim = torch::matmul(result.user, result.item.t())
+                          .to(torch::kFloat32)
+                          .div(part.task->spec.temperature);  // [N, N]
+  sim = sim.masked_fill(same.logical_and(eye.logical_not()), -1e9);
+  result.loss = F::cross_entropy(
+      sim, torch::arange(n, torch::dtype(torch::kInt64).device(sim.device())));
+  return result;
+}
+
+}  // namespace
+
+std::string ResolveDataPath(const std::string& data_root,
+                            const std::string& path) {
+  if (path.empty() || path.front() == '/' || data_root.empty()) return path;
+  return (std::filesystem::path(data_root) / path).string();
+}
+
+absl::StatusOr<std::unique_ptr<TaskContext>> MakeTaskContext(
+    const TaskSpec& spec, const TransformerLM& model,
+    const std::string& data_root) {
+  if (model.tokenizer() == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", model.directory(),
+                     " has no tokenizer; task templates need one"));
+  }
+  auto task = std::make_unique<TaskContext>();
+  task->spec = spec;
+  const FieldRefs refs = ReferencedFields(task->spec);
+  if (!task->spec.catalog.empty()) {
+    ASSIGN_OR_RETURN(task->catalog,
+                     Catalog::Load(ResolveDataPath(data_root, spec.catalog),
+                                   spec.catalog_id_field, refs.catalog));
+  }
+  task->encoder = std::make_unique<InputEncoder>(task->spec, *model.tokenizer(),
+                                                 task->catalog.get());
+  return task;
+}
+
+absl::StatusOr<PreparedExample> PrepareExample(const TaskContext& task,
+                                               const Example& e,
+                                               const TaskTemplate& t) {
+  PreparedExample p;
+  ASSIGN_OR_RETURN(p.input, task.encoder->EncodeWith(t, e));
+  p.label = e.label;
+  p.target_item = e.target_item;
+  switch (task.spec.kind) {
+    case TaskKind::kScore:
+      break;
+    case TaskKind::kGenerate: {
+      ASSIGN_OR_RETURN(p.target, task.encoder->EncodeText(" " + e.target));
+      const int32_t eos = task.encoder->tokenizer().special().eos_id;
+      if (eos >= 0) p.target.push_back(eos);
+      if (p.target.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "example at line ", e.line, ": the target encodes to no tokens"));
+      }
+      break;
+    }
+    case TaskKind::kRetrieve:
+      ASSIGN_OR_RETURN(p.item, task.encoder->EncodeItem(e.target_item));
+      break;
+  }
+  return p;
+}
+
+absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
+    const TransformerLM& model, const std::vector<BatchPart>& parts) {
+  std::vector<RowInput> rows;
+  std::vector<PartRows> layout(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const BatchPart& part = parts[i];
+    const bool bare_ok =
+        part.task != nullptr && part.task->spec.kind == TaskKind::kGenerate;
+    if (part.task == nullptr || part.examples.empty() ||
+        (part.module == nullptr && !bare_ok)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch part ", i, " has no task module or no examples"));
+    }
+    const PromptModule* m = part.module;
+    layout[i].first_user = static_cast<int64_t>(rows.size());
+    for (const PreparedExample& e : part.examples) {
+      RowInput row;
+      if (m != nullptr) {
+        row = m->MakeRow(e.input, false);
+      } else {
+        row.ids = e.input.ids;
+      }
+      row.ids.insert(row.ids.end(), e.target.begin(), e.target.end());
+      rows.push_back(std::move(row));
+    }
+    if (part.task->spec.kind == TaskKind::kRetrieve) {
+      layout[i].first_item = static_cast<int64_t>(rows.size());
+      for (const PreparedExample& e : part.examples) {
+        rows.push_back(m->MakeRow(e.item, true));
+      }
+    }
+  }
+  ForwardOptions options;
+  options.logits = ForwardOptions::Logits::kNone;
+  ASSIGN_OR_RETURN(ForwardOutput out, model.Forward(rows, nullptr, options));
+  std::vector<PartOutput> results;
+  try {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      switch (parts[i].task->spec.kind) {
+        case TaskKind::kScore:
+          results.push_back(ScoreLoss(parts[i], layout[i], out));
+          break;
+        case TaskKind::kGenerate:
+          results.push_back(GenerateLoss(parts[i], layout[i], out, model));
+          break;
+        case TaskKind::kRetrieve: {
+          ASSIGN_OR_RETURN(PartOutput r,
+                           RetrieveLoss(parts[i], layout[i], out));
+          results.push_back(std::move(r));
+          break;
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(
+        "computing the task losses failed: ", TorchErrorMessage(e)));
+  }
+  return results;
+}
+
+}  // namespace optrec
