@@ -168,7 +168,7 @@ TEST(TaskDataTest, BadLinesAreNamedByFileAndLine) {
   EXPECT_THAT(Message(s), HasSubstr("not one of task ctr's option labels"));
 
   s = load({"{\"segments\": "});
-  EXPECT_THAT(Message(s), HasSubstr("split.jsonl:1: not a JSON object"));
+  EXPECT_THAT(Message(s), HasSubstr("split.jsonl:1: not valid JSON"));
 
   Json unknown_item = good;
   unknown_item["item_id"] = "no-such-item";

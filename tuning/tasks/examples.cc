@@ -2,11 +2,11 @@
 
 #include <torch/torch.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "core/util/hash.h"
+#include "core/util/jsonl.h"
 #include "core/util/status_macros.h"
 
 namespace optrec {
@@ -85,21 +85,6 @@ bool IdText(const nlohmann::json& v, std::string* out) {
     return true;
   }
   return false;
-}
-
-// Calls fn(line_number, text) for every non-blank line of `path`.
-template <typename Fn>
-absl::Status ForEachLine(const std::string& path, Fn fn) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    ASSIGN_OR_RETURN(bool more, fn(number, line));
-    if (!more) break;
-  }
-  if (in.bad()) return absl::InternalError(absl::StrCat("cannot read ", path));
-  return absl::OkStatus();
 }
 
 // One example per candidate of a candidate-list line (see TaskSpec); `base`
@@ -217,12 +202,11 @@ absl::StatusOr<std::shared_ptr<const Catalog>> Catalog::Load(
   auto catalog = std::make_shared<Catalog>();
   catalog->path_ = path;
   ASSIGN_OR_RETURN(catalog->hash_, FileXxh3Hex128(path));
-  RETURN_IF_ERROR(ForEachLine(
+  RETURN_IF_ERROR(ForEachJsonl(
       path,
-      [&](int64_t number, const std::string& text) -> absl::StatusOr<bool> {
+      [&](int64_t number, const nlohmann::json& j) -> absl::StatusOr<bool> {
         const std::string at = absl::StrCat(path, ":", number, ": ");
-        nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) {
+        if (!j.is_object()) {
           return absl::InvalidArgumentError(
               absl::StrCat(at, "not a JSON object"));
         }
@@ -296,12 +280,11 @@ absl::StatusOr<TaskData> LoadTaskData(const TaskSpec& spec,
     }
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(ForEachLine(
+  RETURN_IF_ERROR(ForEachJsonl(
       path,
-      [&](int64_t number, const std::string& text) -> absl::StatusOr<bool> {
+      [&](int64_t number, const nlohmann::json& j) -> absl::StatusOr<bool> {
         const std::string at = absl::StrCat(path, ":", number, ": ");
-        nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) {
+        if (!j.is_object()) {
           return absl::InvalidArgumentError(
               absl::StrCat(at, "not a JSON object"));
         }

@@ -4,29 +4,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/util/jsonl.h"
 
 namespace optrec {
 
 absl::StatusOr<std::vector<nlohmann::json>> ReadJsonl(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::vector<nlohmann::json> values;
-  std::string line;
-  int64_t line_number = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (line.empty()) continue;
-    nlohmann::json value = nlohmann::json::parse(line, nullptr, false);
-    if (value.is_discarded()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", line_number, ": not valid JSON"));
-    }
-    values.push_back(std::move(value));
-  }
-  if (in.bad()) {
-    return absl::DataLossError(
-        absl::StrCat(path, ":", line_number, ": read error"));
-  }
+  absl::Status read =
+      ForEachJsonl(path, [&values](int64_t, const nlohmann::json& value) {
+        values.push_back(value);
+        return true;
+      });
+  if (!read.ok()) return read;
   return values;
 }
 
