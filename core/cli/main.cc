@@ -40,6 +40,8 @@ constexpr Command kCommands[] = {
      optrec::RunDemo},
     {"tune", "train task prompt modules over a frozen model", optrec::RunTune},
     {"eval", "evaluate a prompt module, or a task zero-shot", optrec::RunEval},
+    {"baselines", "score non-LM baselines and the oracle on the shop world",
+     optrec::RunBaselinesCommand},
 #endif
 };
 

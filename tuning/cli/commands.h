@@ -20,6 +20,9 @@ int RunDemo(int argc, char** argv);
 int RunTune(int argc, char** argv);
 // optrec eval: a task's metrics with a prompt module or zero-shot.
 int RunEval(int argc, char** argv);
+// optrec baselines: popularity, logistic regression and the oracle on the
+// shop world's task data.
+int RunBaselinesCommand(int argc, char** argv);
 
 }  // namespace optrec
 
