@@ -24,28 +24,12 @@
 #include <string>
 #include <vector>
 
-#include "core/model/random_model.h"
+#include "bench/bench_util.h"
 #include "core/model/transformer.h"
 #include "core/runtime/process.h"
 
 namespace optrec {
 namespace {
-
-double Seconds(const std::function<void()>& fn) {
-  auto start = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
-}
-
-// Median of `reps` timed runs after one warm-up.
-double MedianSeconds(int reps, const std::function<void()>& fn) {
-  fn();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) times.push_back(Seconds(fn));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 double SgemmGflops(int reps) {
   torch::InferenceMode inference;
@@ -124,20 +108,7 @@ int Main(int argc, char** argv) {
   }
   if (quick) reps = 1;
 
-  std::string temp_dir;
-  if (model_dir.empty()) {
-    temp_dir = (std::filesystem::temp_directory_path() /
-                ("optrec-bench-gpt2-" + std::to_string(getpid())))
-                   .string();
-    absl::Status written = WriteRandomModel(temp_dir, Gpt2SmallSpec());
-    if (!written.ok()) {
-      std::fprintf(stderr, "forward_bench: %s\n", written.ToString().c_str());
-      return 1;
-    }
-    model_dir = temp_dir;
-  }
-  auto loaded = TransformerLM::Load(model_dir);
-  if (!temp_dir.empty()) std::filesystem::remove_all(temp_dir);
+  auto loaded = LoadBenchModel(model_dir);
   if (!loaded.ok()) {
     std::fprintf(stderr, "forward_bench: %s\n",
                  loaded.status().ToString().c_str());

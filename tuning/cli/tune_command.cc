@@ -33,7 +33,7 @@ Args TuneArgs() {
            "relative to it (the world's directory)"},
           {"task",
            "a task spec JSON, optionally followed by ,method=M ,version=V "
-           ",weight=W for that task alone",
+           ",weight=W ,batch=N for that task alone",
            true, true},
           {"out", "folder for the module files <task>.<version>.safetensors"},
           {"method",
@@ -75,7 +75,7 @@ Args TuneArgs() {
       });
 }
 
-// "SPEC[,method=M][,version=V][,weight=W]".
+// "SPEC[,method=M][,version=V][,weight=W][,batch=N]".
 absl::StatusOr<TuneTaskOptions> ParseTask(const std::string& text,
                                           const std::string& method,
                                           const std::string& version) {
@@ -95,6 +95,12 @@ absl::StatusOr<TuneTaskOptions> ParseTask(const std::string& text,
       t.method = kv[1];
     } else if (kv[0] == "version") {
       t.version = kv[1];
+    } else if (kv[0] == "batch") {
+      if (!absl::SimpleAtoi(kv[1], &t.batch_examples) || t.batch_examples < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--task ", text, ": batch '", kv[1],
+                         "' is not a positive integer"));
+      }
     } else if (kv[0] == "weight") {
       if (!absl::SimpleAtod(kv[1], &t.loss_weight)) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -103,7 +109,7 @@ absl::StatusOr<TuneTaskOptions> ParseTask(const std::string& text,
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("--task ", text, ": unknown key '", kv[0],
-                       "' (known: method, version, weight)"));
+                       "' (known: method, version, weight, batch)"));
     }
   }
   if (!t.method.empty()) {

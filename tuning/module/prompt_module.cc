@@ -13,14 +13,19 @@ namespace {
 constexpr char kMetadataKey[] = "optrec_module";
 constexpr int kFormatVersion = 1;
 
-// The mean input embedding [D] of the words of `text` (f32, no grad).
+// The mean input embedding [D] of token ids (f32, no grad).
 absl::StatusOr<torch::Tensor> MeanEmbedding(const TransformerLM& model,
-                                            const InputEncoder& encoder,
-                                            const std::string& text) {
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, encoder.EncodeText(" " + text));
+                                            const std::vector<int32_t>& ids,
+                                            const std::string& what) {
   if (ids.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' encodes to no tokens"));
+        absl::StrCat(what, " has no tokens to start from"));
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= model.config().vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": token id ", id, " outside the vocabulary"));
+    }
   }
   std::vector<int64_t> wide(ids.begin(), ids.end());
   torch::NoGradGuard no_grad;
@@ -79,12 +84,44 @@ void AddTower(const std::string& prefix, const TowerWeights& t,
 absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Create(
     const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
     const InputEncoder& encoder, uint64_t seed) {
+  std::vector<std::vector<int32_t>> option_ids, special_ids;
+  if (spec.kind == TaskKind::kScore) {
+    for (const TaskOption& o : spec.options) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                       encoder.EncodeText(" " + o.text));
+      option_ids.push_back(std::move(ids));
+    }
+  }
+  for (const std::string& name : encoder.special_names()) {
+    std::string words = name;
+    for (char& ch : words) {
+      if (ch == '_') ch = ' ';
+    }
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, encoder.EncodeText(" " + words));
+    special_ids.push_back(std::move(ids));
+  }
+  return CreateFromIds(spec, method, model, option_ids, special_ids, seed);
+}
+
+absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::CreateFromIds(
+    const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+    const std::vector<std::vector<int32_t>>& option_ids,
+    const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed) {
   const ModelConfig& c = model.config();
   if (spec.prompt_length + spec.max_tokens > c.max_positions) {
     return absl::InvalidArgumentError(
         absl::StrCat("task ", spec.task, ": prompt_length ", spec.prompt_length,
                      " + max_tokens ", spec.max_tokens, " exceed the model's ",
                      c.max_positions, " positions"));
+  }
+  const size_t options =
+      spec.kind == TaskKind::kScore ? spec.options.size() : 0;
+  const size_t specials = SpecialTokenNames(spec).size();
+  if (option_ids.size() != options || special_ids.size() != specials) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", spec.task, ": got words for ", option_ids.size(),
+        " options and ", special_ids.size(), " special tokens; the spec has ",
+        options, " and ", specials));
   }
   std::shared_ptr<PromptModule> m(new PromptModule());
   m->spec_ = spec;
@@ -96,28 +133,26 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Create(
   if (spec.kind == TaskKind::kRetrieve) {
     m->item_ = NewTower(model, spec, method, gen);
   }
-  const int64_t p = spec.prompt_length, n = spec.options.size();
+  const int64_t p = spec.prompt_length, n = static_cast<int64_t>(options);
   if (spec.kind == TaskKind::kScore) {
     if (method == TuningMethod::kPrompt) {
       m->head_weight_ = torch::zeros({n, c.hidden_size}, torch::kFloat32);
       m->head_bias_ = torch::zeros({n}, torch::kFloat32);
     } else {
       for (int64_t o = 0; o < n; ++o) {
-        ASSIGN_OR_RETURN(torch::Tensor e,
-                         MeanEmbedding(model, encoder, spec.options[o].text));
+        ASSIGN_OR_RETURN(
+            torch::Tensor e,
+            MeanEmbedding(model, option_ids[o], absl::StrCat("option ", o)));
         m->user_.prompt[p - n + o].copy_(e);
       }
     }
   }
-  const std::vector<std::string>& names = encoder.special_names();
-  if (!names.empty()) {
+  if (specials > 0) {
     std::vector<torch::Tensor> rows;
-    for (const std::string& name : names) {
-      std::string words = name;
-      for (char& ch : words) {
-        if (ch == '_') ch = ' ';
-      }
-      ASSIGN_OR_RETURN(torch::Tensor e, MeanEmbedding(model, encoder, words));
+    for (size_t k = 0; k < specials; ++k) {
+      ASSIGN_OR_RETURN(torch::Tensor e,
+                       MeanEmbedding(model, special_ids[k],
+                                     absl::StrCat("special token ", k)));
       rows.push_back(e);
     }
     m->special_ = torch::stack(rows);

@@ -69,6 +69,15 @@ class PromptModule {
       const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
       const InputEncoder& encoder, uint64_t seed);
 
+  // The same from token ids: `option_ids[c]` the words of option c (one
+  // entry per option of a score task, else none) and `special_ids[s]` those
+  // of special token s (SpecialTokenNames order). InvalidArgument for a
+  // wrong number of entries or an empty one.
+  static absl::StatusOr<std::shared_ptr<PromptModule>> CreateFromIds(
+      const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+      const std::vector<std::vector<int32_t>>& option_ids,
+      const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed);
+
   // Reads a module file and checks it against `model`: FailedPrecondition
   // naming both fingerprints when it was trained on another base model;
   // InvalidArgument naming the tensor or metadata field when shapes, kind

@@ -35,6 +35,7 @@ struct TaskRun {
   TaskData train, valid;
   std::vector<Example> valid_sample;
   std::vector<size_t> templates;  // training templates
+  int64_t batch = 0;              // examples a step
   std::string module_path;
   std::string select_metric;
 
@@ -109,6 +110,7 @@ Json RunSettings(const TuneOptions& o, const TransformerLM& model,
                      {"method", TuningMethodName(run->method)},
                      {"version", run->options.version},
                      {"loss_weight", run->options.loss_weight},
+                     {"batch_examples", run->batch},
                      {"train_hash", run->train.hash},
                      {"valid_hash", run->valid.hash}});
   }
@@ -156,7 +158,8 @@ absl::StatusOr<std::unique_ptr<TaskRun>> OpenTask(const TuneOptions& o,
                                      o.seed + 7919 * index);
   run->templates = s.TrainingTemplates();
   run->select_metric = s.SelectMetric();
-  if (s.kind == TaskKind::kRetrieve && o.batch_examples < 2) {
+  run->batch = t.batch_examples > 0 ? t.batch_examples : o.batch_examples;
+  if (s.kind == TaskKind::kRetrieve && run->batch < 2) {
     return absl::InvalidArgumentError(
         absl::StrCat("task ", s.task,
                      ": retrieval needs --batch of 2 or more (in-batch "
@@ -479,7 +482,7 @@ absl::Status WriteModules(const TuneOptions& o, const TransformerLM& model,
     info["validation"] = run->best_metrics;
     info["curve"] = run->curve;
     info["settings"] = {{"seed", o.seed},
-                        {"batch_examples", o.batch_examples},
+                        {"batch_examples", run->batch},
                         {"learning_rate", o.learning_rate},
                         {"min_learning_rate", o.min_learning_rate},
                         {"warmup_steps", o.warmup_steps},
@@ -524,6 +527,9 @@ absl::Status ValidateTuneOptions(const TuneOptions& o) {
     }
     if (!(t.loss_weight > 0)) {
       return bad("task ", t.spec_path, ": loss weight must be positive");
+    }
+    if (t.batch_examples < 0) {
+      return bad("task ", t.spec_path, ": batch must not be negative");
     }
     if (++seen[t.spec_path + "\n" + t.version] > 1) {
       return bad("task ", t.spec_path, " version ", t.version,
@@ -579,7 +585,7 @@ absl::StatusOr<TuneResult> Tune(const TuneOptions& o) {
   std::vector<ExampleOrder> orders;
   std::vector<torch::optim::OptimizerParamGroup> groups;
   for (size_t i = 0; i < runs.size(); ++i) {
-    orders.emplace_back(runs[i]->train.examples.size(), o.batch_examples,
+    orders.emplace_back(runs[i]->train.examples.size(), runs[i]->batch,
                         o.seed * 31 + i);
     auto opts = std::make_unique<torch::optim::AdamWOptions>(o.learning_rate);
     opts->betas({0.9, 0.999}).weight_decay(o.weight_decay).eps(1e-8);

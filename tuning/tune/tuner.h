@@ -27,6 +27,8 @@ struct TuneTaskOptions {
   std::string method;     // "" = the spec's method
   std::string version = "v1";
   double loss_weight = 1.0;  // weight of this task's loss in the sum
+  // Examples of this task in every step; 0 = the job's batch_examples.
+  int64_t batch_examples = 0;
 };
 
 struct TuneOptions {
