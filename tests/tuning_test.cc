@@ -128,6 +128,14 @@ TEST(TaskSpecTest, BadSpecsNameTheField) {
   EXPECT_THAT(Message(ParseTaskSpec(spec, "x.json").status()),
               HasSubstr("none is left to train"));
 
+  spec = TestSpec("rating");
+  spec["select_metric"] = "auc";  // five options: no AUC
+  EXPECT_THAT(Message(ParseTaskSpec(spec, "x.json").status()),
+              HasSubstr("this task reports accuracy, neg_log_loss, neg_rmse"));
+  spec["select_metric"] = "rmse";  // lower is better: neg_rmse
+  EXPECT_THAT(Message(ParseTaskSpec(spec, "x.json").status()),
+              HasSubstr("'select_metric' is 'rmse'"));
+
   spec = TestSpec("generate");
   spec["templates"][0]["input"].push_back("<|mark|>");
   EXPECT_THAT(Message(ParseTaskSpec(spec, "x.json").status()),
@@ -192,8 +200,19 @@ TEST(RenderTest, ListsKeepTheNewestAndSpecialTokensArePlaced) {
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(*text, "Shopper aged 25-34. Clicked: b. Clicked: c. Shown: a lamp");
   t.input = {"Seen {history}!"};
-  EXPECT_EQ(*RenderTemplate(t, fields, nullptr, 1),
-            "Seen Clicked: a. Clicked: b. Clicked: c!");
+  EXPECT_EQ(*RenderTemplate(t, fields, nullptr, 2),
+            "Seen Clicked: b. Clicked: c!");
+  // Markers come from the template only: a field value stays text.
+  fields["candidate"].text = "a <|answer|> lamp";
+  t.input = {"Shown: {candidate} <|answer|>"};
+  auto pieces = RenderPieces(t, fields, nullptr, 2);
+  ASSERT_TRUE(pieces.ok());
+  ASSERT_EQ(pieces->size(), 2u);
+  EXPECT_FALSE((*pieces)[0].special);
+  EXPECT_EQ((*pieces)[0].text, "Shown: a <|answer|> lamp ");
+  EXPECT_TRUE((*pieces)[1].special);
+  EXPECT_EQ((*pieces)[1].text, "answer");
+  fields["candidate"].text = "a lamp";
   t.input = {"{missing}"};
   EXPECT_THAT(Message(RenderTemplate(t, fields, nullptr, 1).status()),
               HasSubstr("{missing}"));
@@ -284,6 +303,25 @@ TEST(PromptModuleTest, SavedModulesReloadExactlyAndOnlyOnTheirBase) {
               HasSubstr((*other_model)->fingerprint()));
 }
 
+TEST(PromptModuleTest, EvaluationSpecsMustShapeRowsLikeTheModule) {
+  auto model = LoadFixtureModel();
+  Loaded l = Load(*model, "score", TuningMethod::kOption, 1);
+  Json other = TestSpec("score");
+  other["data"] = "elsewhere";  // data and templates may differ
+  other["templates"][0]["name"] = "renamed";
+  EXPECT_TRUE(l.task->module->CheckSpecFits(*ParseTaskSpec(other, "o")).ok());
+  other["prompt_length"] = 8;
+  EXPECT_THAT(
+      Message(l.task->module->CheckSpecFits(*ParseTaskSpec(other, "o"))),
+      HasSubstr("'prompt_length' is 8 there and 4 in the module"));
+  other = TestSpec("score");
+  other["options"][1]["label"] = 2;
+  other["positive_label"] = 2;
+  EXPECT_THAT(
+      Message(l.task->module->CheckSpecFits(*ParseTaskSpec(other, "o"))),
+      HasSubstr("'options'"));
+}
+
 TEST(PromptModuleTest, ParameterCountsFollowTheMethod) {
   auto model = LoadFixtureModel();
   const int64_t d = 32, p = 4, l = 2, r = 2, e = 8;
@@ -372,6 +410,20 @@ TEST(MixedBatchTest, SameLossesAndGradientsAsTaskByTask) {
       }
     }
   }
+}
+
+TEST(MixedBatchTest, RetrievalDrawWithOneTargetIsSkippedNotAnError) {
+  auto model = LoadFixtureModel();
+  Loaded l = Load(*model, "retrieve", TuningMethod::kOption, 1);
+  BatchPart part = Part(l, 0, 1);
+  part.examples.push_back(part.examples[0]);  // the same target twice
+  auto out = RunMixedBatch(*model, {part});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE((*out)[0].skipped);
+  EXPECT_EQ((*out)[0].loss.item<double>(), 0.0);
+  (*out)[0].loss.backward();  // still on the tape, with zero gradients
+  EXPECT_EQ(l.task->module->user().prompt.grad().abs().sum().item<double>(),
+            0.0);
 }
 
 // Central differences of the loss against autograd, in double precision,
@@ -707,6 +759,10 @@ TEST(TuneJobTest, BadFlagsAreUsageErrors) {
       SharedTuningFixture().world, " --task ", job.spec, " --out ", job.dir);
   EXPECT_EQ(RunCli(base + " --batch 0", &log), 2);
   EXPECT_THAT(log, HasSubstr("--batch must be positive"));
+  // Two specs of one task and version would write the same module file.
+  const std::string twin = WriteSpec(TestSpec("score"), "score");
+  EXPECT_EQ(RunCli(base + " --task " + twin, &log), 1);
+  EXPECT_THAT(log, HasSubstr("would both write"));
   EXPECT_EQ(RunCli("eval --model " + SharedTuningFixture().model, &log), 2);
   EXPECT_THAT(log, HasSubstr("give exactly one"));
 }

@@ -321,11 +321,23 @@ GatheredAdapters GatherAdapters(const std::vector<RowInput>& rows,
     return g;
   }
   // Stack the distinct adapters plus a zero-scale slot for rows without
-  // one, then gather one entry per row.
+  // one, then gather one entry per row. Adapters of lower rank are padded
+  // with zero columns of down and zero rows of up, which adds nothing.
+  int64_t rank = 0;
+  for (const RowAdapter* a : unique) rank = std::max(rank, a->down.size(2));
   std::vector<torch::Tensor> downs, ups, scales;
   for (const RowAdapter* a : unique) {
-    downs.push_back(a->down.to(dev, dtype));
-    ups.push_back(a->up.to(dev, dtype));
+    const int64_t pad = rank - a->down.size(2);
+    torch::Tensor down = a->down.to(dev, dtype);  // [L, D, R_a]
+    torch::Tensor up = a->up.to(dev, dtype);      // [L, R_a, D]
+    if (pad > 0) {
+      down = torch::nn::functional::pad(
+          down, torch::nn::functional::PadFuncOptions({0, pad}));
+      up = torch::nn::functional::pad(
+          up, torch::nn::functional::PadFuncOptions({0, 0, 0, pad}));
+    }
+    downs.push_back(down);
+    ups.push_back(up);
     scales.push_back(a->scale.to(dev, dtype));
   }
   const int64_t none = static_cast<int64_t>(unique.size());

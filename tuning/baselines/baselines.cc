@@ -60,7 +60,7 @@ absl::StatusOr<World> ReadCatalog(const std::string& dir) {
           w.by_id[it.id] = static_cast<int64_t>(w.items.size());
           w.by_title.emplace(it.title, static_cast<int64_t>(w.items.size()));
           w.items.push_back(std::move(it));
-        } catch (const Json::exception& e) {
+        } catch (const std::exception& e) {
           return absl::InvalidArgumentError(absl::StrCat(
               path, ":", line, ": not a catalog line: ", e.what()));
         }
@@ -69,7 +69,7 @@ absl::StatusOr<World> ReadCatalog(const std::string& dir) {
   return w;
 }
 
-// Calls fn(line, value) for each line of a task split, turning JSON access
+// Calls fn(line, value) for each line of a task split, turning access
 // errors into InvalidArgument naming the line.
 absl::Status ForEachExample(const std::string& path,
                             const std::function<void(const Json&)>& fn) {
@@ -77,7 +77,9 @@ absl::Status ForEachExample(const std::string& path,
                       [&](int64_t line, const Json& j) -> absl::StatusOr<bool> {
                         try {
                           fn(j);
-                        } catch (const Json::exception& e) {
+                        } catch (const std::exception& e) {
+                          // A missing field (json), or an id or index the
+                          // catalog lookups do not find (out_of_range).
                           return absl::InvalidArgumentError(
                               absl::StrCat(path, ":", line, ": ", e.what()));
                         }
@@ -294,6 +296,11 @@ absl::StatusOr<Json> CtrBaselines(const World& w, const BaselineOptions& o) {
     counts[train.items[i]].second += 1;
     clicks += train.labels[i];
   }
+  if (train.labels.empty() || test.labels.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        TaskFile(o, "ctr", train.labels.empty() ? "train" : o.split),
+        ": no examples"));
+  }
   const double mean = clicks / train.labels.size();
   std::vector<double> popularity;
   for (const std::string& item : test.items) {
@@ -322,6 +329,10 @@ absl::StatusOr<Json> RatingBaseline(const BaselineOptions& o) {
         total += r;
         n += 1;
       }));
+  if (n == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(TaskFile(o, "rating", "train"), ": no examples"));
+  }
   const double mean = total / n;
   std::vector<double> predicted, truth;
   int64_t right = 0;

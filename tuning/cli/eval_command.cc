@@ -105,6 +105,7 @@ absl::Status Run(const Args& args) {
   }
   if (args.Has("task")) {
     ASSIGN_OR_RETURN(spec, LoadTaskSpec(args.Get("task")));
+    if (module) RETURN_IF_ERROR(module->CheckSpecFits(spec));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<TaskContext> task,
                    MakeTaskContext(spec, *model, args.Get("world")));
@@ -132,8 +133,11 @@ absl::Status Run(const Args& args) {
   }
   nlohmann::json results = nlohmann::json::array();
   const std::string who =
-      module ? absl::StrCat(module->info().value("version", "?"), " (",
-                            TuningMethodName(module->method()), ")")
+      module ? absl::StrCat(module->info().contains("version") &&
+                                    module->info()["version"].is_string()
+                                ? module->info()["version"].get<std::string>()
+                                : "?",
+                            " (", TuningMethodName(module->method()), ")")
              : "zero-shot";
   for (size_t t : templates) {
     eval.template_index = t;

@@ -4,8 +4,10 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/checkpoint/safetensors.h"
 #include "core/util/status_macros.h"
+#include "core/util/torch_errors.h"
 
 namespace optrec {
 namespace {
@@ -103,16 +105,21 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Create(
   return CreateFromIds(spec, method, model, option_ids, special_ids, seed);
 }
 
-absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::CreateFromIds(
-    const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
-    const std::vector<std::vector<int32_t>>& option_ids,
-    const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed) {
+namespace {
+
+// Validates what CreateFromIds needs before it touches LibTorch.
+absl::Status CheckCreate(const TaskSpec& spec, const TransformerLM& model,
+                         const std::vector<std::vector<int32_t>>& option_ids,
+                         const std::vector<std::vector<int32_t>>& special_ids) {
   const ModelConfig& c = model.config();
-  if (spec.prompt_length + spec.max_tokens > c.max_positions) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("task ", spec.task, ": prompt_length ", spec.prompt_length,
-                     " + max_tokens ", spec.max_tokens, " exceed the model's ",
-                     c.max_positions, " positions"));
+  const int64_t generated =
+      spec.kind == TaskKind::kGenerate ? spec.max_new_tokens : 0;
+  if (spec.prompt_length + spec.max_tokens + generated > c.max_positions) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", spec.task, ": prompt_length ", spec.prompt_length,
+        " + max_tokens ", spec.max_tokens,
+        generated > 0 ? absl::StrCat(" + max_new_tokens ", generated) : "",
+        " exceed the model's ", c.max_positions, " positions"));
   }
   const size_t options =
       spec.kind == TaskKind::kScore ? spec.options.size() : 0;
@@ -123,6 +130,33 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::CreateFromIds(
         " options and ", special_ids.size(), " special tokens; the spec has ",
         options, " and ", specials));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::CreateFromIds(
+    const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+    const std::vector<std::vector<int32_t>>& option_ids,
+    const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed) {
+  RETURN_IF_ERROR(CheckCreate(spec, model, option_ids, special_ids));
+  try {
+    return NewModule(spec, method, model, option_ids, special_ids, seed);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("creating the module of task ",
+                                            spec.task,
+                                            " failed: ", TorchErrorMessage(e)));
+  }
+}
+
+absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::NewModule(
+    const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+    const std::vector<std::vector<int32_t>>& option_ids,
+    const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  const size_t options =
+      spec.kind == TaskKind::kScore ? spec.options.size() : 0;
+  const size_t specials = special_ids.size();
   std::shared_ptr<PromptModule> m(new PromptModule());
   m->spec_ = spec;
   m->method_ = method;
@@ -219,21 +253,57 @@ absl::Status PromptModule::CopyFrom(const Named& tensors) {
   return absl::OkStatus();
 }
 
+absl::Status PromptModule::CheckSpecFits(const TaskSpec& other) const {
+  auto differs = [&](const std::string& field, const std::string& mine,
+                     const std::string& theirs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec ", other.task, " does not fit the module of task ", spec_.task,
+        ": '", field, "' is ", theirs, " there and ", mine, " in the module"));
+  };
+  if (other.kind != spec_.kind) {
+    return differs("kind", TaskKindName(spec_.kind), TaskKindName(other.kind));
+  }
+  if (other.prompt_length != spec_.prompt_length) {
+    return differs("prompt_length", absl::StrCat(spec_.prompt_length),
+                   absl::StrCat(other.prompt_length));
+  }
+  auto labels = [](const TaskSpec& s) {
+    std::string out;
+    for (const TaskOption& o : s.options) absl::StrAppend(&out, o.label, " ");
+    return out;
+  };
+  if (labels(other) != labels(spec_)) {
+    return differs("options", labels(spec_), labels(other));
+  }
+  if (SpecialTokenNames(other) != SpecialTokenNames(spec_)) {
+    return differs("special tokens",
+                   absl::StrJoin(SpecialTokenNames(spec_), ","),
+                   absl::StrJoin(SpecialTokenNames(other), ","));
+  }
+  if (other.kind == TaskKind::kRetrieve &&
+      other.embedding_dim != spec_.embedding_dim) {
+    return differs("embedding_dim", absl::StrCat(spec_.embedding_dim),
+                   absl::StrCat(other.embedding_dim));
+  }
+  return absl::OkStatus();
+}
+
 torch::Tensor PromptModule::OptionLogits(const torch::Tensor& h) const {
   if (head_weight_.defined()) {
-    return torch::linear(h, head_weight_.to(h.dtype()),
-                         head_bias_.to(h.dtype()));
+    return torch::linear(h, head_weight_.to(h.device(), h.dtype()),
+                         head_bias_.to(h.device(), h.dtype()));
   }
   const int64_t n = spec_.options.size();
   torch::Tensor options =
-      user_.prompt.narrow(0, spec_.prompt_length - n, n);  // [C, D]
-  return torch::matmul(h, options.to(h.dtype()).t());      // [N, C]
+      user_.prompt.narrow(0, spec_.prompt_length - n, n);          // [C, D]
+  return torch::matmul(h, options.to(h.device(), h.dtype()).t());  // [N, C]
 }
 
 torch::Tensor PromptModule::Embed(const torch::Tensor& h,
                                   bool item_tower) const {
   const TowerWeights& t = item_tower ? item_ : user_;
-  torch::Tensor e = torch::linear(h, t.projection.to(h.dtype()));  // [N, E]
+  torch::Tensor e =
+      torch::linear(h, t.projection.to(h.device(), h.dtype()));  // [N, E]
   return torch::nn::functional::normalize(
       e, torch::nn::functional::NormalizeFuncOptions().dim(-1).eps(1e-12));
 }
@@ -271,7 +341,10 @@ absl::Status PromptModule::CheckShapes(const ModelConfig& c,
                  absl::StrCat("[", p, ", ", d, "]"));
     }
     const bool wants_adapter = method_ == TuningMethod::kOptionAdapter;
-    if (wants_adapter != t.adapter.defined()) {
+    const bool any_adapter = t.adapter.down.defined() ||
+                             t.adapter.up.defined() ||
+                             t.adapter.scale.defined();
+    if (wants_adapter != any_adapter) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": method ", TuningMethodName(method_),
           wants_adapter ? " needs" : " has no", " adapter tensors"));
@@ -289,6 +362,11 @@ absl::Status PromptModule::CheckShapes(const ModelConfig& c,
         return bad(prefix + "adapter.down", t.adapter.down, shapes);
       }
     }
+    if (spec_.kind != TaskKind::kRetrieve && t.projection.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": tensor '", prefix,
+                       "projection' is only for retrieve tasks"));
+    }
     if (spec_.kind == TaskKind::kRetrieve &&
         (!t.projection.defined() ||
          t.projection.sizes() !=
@@ -303,6 +381,12 @@ absl::Status PromptModule::CheckShapes(const ModelConfig& c,
     RETURN_IF_ERROR(check_tower("item.", item_));
   }
   const int64_t n = spec_.options.size();
+  const bool wants_head =
+      spec_.kind == TaskKind::kScore && method_ == TuningMethod::kPrompt;
+  if (!wants_head && (head_weight_.defined() || head_bias_.defined())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": tensors 'head.*' are only for score tasks tuned by prompt"));
+  }
   if (spec_.kind == TaskKind::kScore && method_ == TuningMethod::kPrompt &&
       (!head_weight_.defined() ||
        head_weight_.sizes() != torch::IntArrayRef({n, d}) ||
@@ -350,10 +434,13 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Load(
     return absl::DataLossError(
         absl::StrCat(path, ": the module metadata are corrupt"));
   }
-  if (meta.value("format_version", 0) != kFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": module format_version ", meta.value("format_version", 0),
-        " is not ", kFormatVersion));
+  const nlohmann::json& version = meta.contains("format_version")
+                                      ? meta["format_version"]
+                                      : nlohmann::json();
+  if (!version.is_number_integer() || version.get<int>() != kFormatVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": module format_version ", version.dump(),
+                     " is not ", kFormatVersion));
   }
   const std::string fingerprint = meta["base_model_fingerprint"];
   if (fingerprint != model.fingerprint()) {

@@ -91,6 +91,12 @@ class PromptModule {
   // spec, base fingerprint, parameter counts).
   absl::Status Save(const std::string& path) const;
 
+  // Whether `other` (a spec given for evaluation, with other data paths or
+  // templates, say) shapes rows the way this module was trained for: same
+  // kind, option labels, prompt length, special tokens and embedding
+  // width. InvalidArgument naming the first field that differs.
+  absl::Status CheckSpecFits(const TaskSpec& other) const;
+
   const TaskSpec& spec() const { return spec_; }
   TuningMethod method() const { return method_; }
   const std::string& base_fingerprint() const { return base_fingerprint_; }
@@ -123,6 +129,12 @@ class PromptModule {
 
  private:
   PromptModule() = default;
+  // CreateFromIds after its checks; LibTorch errors propagate as
+  // exceptions.
+  static absl::StatusOr<std::shared_ptr<PromptModule>> NewModule(
+      const TaskSpec& spec, TuningMethod method, const TransformerLM& model,
+      const std::vector<std::vector<int32_t>>& option_ids,
+      const std::vector<std::vector<int32_t>>& special_ids, uint64_t seed);
   absl::Status CheckShapes(const ModelConfig& config,
                            const std::string& where) const;
 

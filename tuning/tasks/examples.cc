@@ -306,6 +306,16 @@ absl::StatusOr<TaskData> LoadTaskData(const TaskSpec& spec,
           }
           e.fields[name] = *std::move(f);
         }
+        if (needs_item) {
+          RETURN_IF_ERROR(item_index(j, spec.item_id_field, at, &e.item));
+        }
+        if (needs_target_item) {
+          RETURN_IF_ERROR(
+              item_index(j, spec.target_item_field, at, &e.target_item));
+        }
+        if (j.contains("user_id") && j["user_id"].is_string()) {
+          e.user_id = j["user_id"].get<std::string>();
+        }
         if (grouped) {
           RETURN_IF_ERROR(ExpandCandidates(spec, j, at, options, lines,
                                            std::move(e), &data.examples));
@@ -333,16 +343,6 @@ absl::StatusOr<TaskData> LoadTaskData(const TaskSpec& spec,
                 at, "no target text in '", spec.target_field, "'"));
           }
           e.target = v->get<std::string>();
-        }
-        if (needs_item) {
-          RETURN_IF_ERROR(item_index(j, spec.item_id_field, at, &e.item));
-        }
-        if (needs_target_item) {
-          RETURN_IF_ERROR(
-              item_index(j, spec.target_item_field, at, &e.target_item));
-        }
-        if (j.contains("user_id") && j["user_id"].is_string()) {
-          e.user_id = j["user_id"].get<std::string>();
         }
         data.examples.push_back(std::move(e));
         ++lines;

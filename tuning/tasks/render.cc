@@ -34,7 +34,8 @@ std::string WholeReference(const std::string& part) {
 absl::StatusOr<std::string> FillText(const std::string& text,
                                      const FieldMap& fields,
                                      const FieldMap* item,
-                                     const std::string& separator) {
+                                     const std::string& separator,
+                                     int64_t keep_list) {
   std::string out;
   size_t pos = 0;
   while (pos < text.size()) {
@@ -52,8 +53,90 @@ absl::StatusOr<std::string> FillText(const std::string& text,
       return absl::InvalidArgumentError(
           absl::StrCat("the template uses {", ref, "}, which is missing"));
     }
-    out += v->is_list ? absl::StrJoin(v->list, separator) : v->text;
+    if (v->is_list) {
+      const int64_t n = static_cast<int64_t>(v->list.size());
+      const int64_t first =
+          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
+      out += absl::StrJoin(v->list.begin() + first, v->list.end(), separator);
+    } else {
+      out += v->text;
+    }
     pos = close + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// Appends `text` to the pieces, merging it into a text piece before it.
+void AppendText(const std::string& text, std::vector<RenderedPiece>* out) {
+  if (text.empty()) return;
+  if (!out->empty() && !out->back().special) {
+    out->back().text += text;
+  } else {
+    out->push_back({false, text});
+  }
+}
+
+// One template part: literal text with {field} references, split at the
+// <|name|> markers of the template itself (field values never make
+// markers).
+absl::Status AppendPart(const std::string& part, const FieldMap& fields,
+                        const FieldMap* item, const TaskTemplate& t,
+                        int64_t keep_list, std::vector<RenderedPiece>* out) {
+  size_t pos = 0;
+  while (pos < part.size()) {
+    const size_t open = part.find("<|", pos);
+    const size_t close =
+        open == std::string::npos ? open : part.find("|>", open + 2);
+    const std::string literal = part.substr(
+        pos, close == std::string::npos ? std::string::npos : open - pos);
+    ASSIGN_OR_RETURN(std::string filled,
+                     FillText(literal, fields, item, t.separator, keep_list));
+    AppendText(filled, out);
+    if (close == std::string::npos) break;
+    out->push_back({true, part.substr(open + 2, close - open - 2)});
+    pos = close + 2;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<RenderedPiece>> RenderPieces(const TaskTemplate& t,
+                                                        const FieldMap& fields,
+                                                        const FieldMap* item,
+                                                        int64_t keep_list) {
+  std::vector<RenderedPiece> out;
+  bool first = true;
+  auto separate = [&] {
+    if (!first) AppendText(t.separator, &out);
+    first = false;
+  };
+  for (const std::string& part : t.input) {
+    const std::string whole = WholeReference(part);
+    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
+    if (v != nullptr && v->is_list) {
+      const int64_t n = static_cast<int64_t>(v->list.size());
+      const int64_t begin =
+          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
+      for (int64_t i = begin; i < n; ++i) {
+        separate();
+        AppendText(v->list[i], &out);
+      }
+      continue;
+    }
+    std::vector<RenderedPiece> pieces;
+    RETURN_IF_ERROR(AppendPart(part, fields, item, t, keep_list, &pieces));
+    if (pieces.empty()) continue;  // a part that rendered empty is left out
+    separate();
+    for (RenderedPiece& p : pieces) {
+      if (p.special) {
+        out.push_back(std::move(p));
+      } else {
+        AppendText(p.text, &out);
+      }
+    }
   }
   return out;
 }
@@ -62,22 +145,14 @@ absl::StatusOr<std::string> RenderTemplate(const TaskTemplate& t,
                                            const FieldMap& fields,
                                            const FieldMap* item,
                                            int64_t keep_list) {
-  std::vector<std::string> parts;
-  for (const std::string& part : t.input) {
-    const std::string whole = WholeReference(part);
-    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
-    if (v != nullptr && v->is_list) {
-      const int64_t n = static_cast<int64_t>(v->list.size());
-      const int64_t first =
-          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
-      for (int64_t i = first; i < n; ++i) parts.push_back(v->list[i]);
-      continue;
-    }
-    ASSIGN_OR_RETURN(std::string filled,
-                     FillText(part, fields, item, t.separator));
-    if (!filled.empty()) parts.push_back(std::move(filled));
+  ASSIGN_OR_RETURN(std::vector<RenderedPiece> pieces,
+                   RenderPieces(t, fields, item, keep_list));
+  std::string text;
+  for (const RenderedPiece& p : pieces) {
+    absl::StrAppend(&text,
+                    p.special ? absl::StrCat("<|", p.text, "|>") : p.text);
   }
-  return absl::StrJoin(parts, t.separator);
+  return text;
 }
 
 InputEncoder::InputEncoder(const TaskSpec& spec, const Tokenizer& tokenizer,
@@ -96,35 +171,28 @@ absl::StatusOr<std::vector<int32_t>> InputEncoder::EncodeText(
 }
 
 absl::StatusOr<EncodedInput> InputEncoder::Encode(
-    const std::string& text) const {
+    const std::vector<RenderedPiece>& pieces) const {
   EncodedInput out;
   if (tokenizer_.special().bos_id >= 0) {
     out.ids.push_back(tokenizer_.special().bos_id);
   }
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    size_t open = text.find("<|", pos);
-    size_t close = open == std::string::npos ? open : text.find("|>", open + 2);
-    const std::string name = close == std::string::npos
-                                 ? ""
-                                 : text.substr(open + 2, close - open - 2);
-    auto known = std::find(special_names_.begin(), special_names_.end(), name);
-    if (close != std::string::npos && known == special_names_.end()) {
-      // Not a special token of this task: plain text.
-      open = close = std::string::npos;
+  for (const RenderedPiece& p : pieces) {
+    if (p.special) {
+      auto known =
+          std::find(special_names_.begin(), special_names_.end(), p.text);
+      if (known == special_names_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task ", spec_.task, " has no special token <|", p.text, "|>"));
+      }
+      out.special_at.push_back(static_cast<int64_t>(out.ids.size()));
+      out.special_index.push_back(
+          static_cast<int>(known - special_names_.begin()));
+      out.ids.push_back(placeholder_id_);
+      continue;
     }
-    const std::string piece = text.substr(
-        pos, open == std::string::npos ? std::string::npos : open - pos);
-    if (piece.find_first_not_of(' ') != std::string::npos) {
-      ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(piece));
-      out.ids.insert(out.ids.end(), ids.begin(), ids.end());
-    }
-    if (close == std::string::npos) break;
-    out.special_at.push_back(static_cast<int64_t>(out.ids.size()));
-    out.special_index.push_back(
-        static_cast<int>(known - special_names_.begin()));
-    out.ids.push_back(placeholder_id_);
-    pos = close + 2;
+    if (p.text.find_first_not_of(' ') == std::string::npos) continue;
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(p.text));
+    out.ids.insert(out.ids.end(), ids.begin(), ids.end());
   }
   return out;
 }
@@ -137,8 +205,9 @@ absl::StatusOr<EncodedInput> InputEncoder::EncodeFitted(
   }
   int64_t keep = std::min<int64_t>(spec_.max_history, longest);
   while (true) {
-    ASSIGN_OR_RETURN(std::string text, RenderTemplate(t, fields, item, keep));
-    ASSIGN_OR_RETURN(EncodedInput in, Encode(text));
+    ASSIGN_OR_RETURN(std::vector<RenderedPiece> pieces,
+                     RenderPieces(t, fields, item, keep));
+    ASSIGN_OR_RETURN(EncodedInput in, Encode(pieces));
     const int64_t n = static_cast<int64_t>(in.ids.size());
     if (n <= spec_.max_tokens) return in;
     if (keep > 0) {

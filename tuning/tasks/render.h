@@ -17,9 +17,25 @@
 
 namespace optrec {
 
+// A rendered template: text, or a <|name|> special token (its name in
+// `text`).
+struct RenderedPiece {
+  bool special = false;
+  std::string text;
+};
+
+// Template `t` over `fields` as text pieces and special tokens. Markers
+// come only from the template's own text: a field value holding "<|x|>"
+// stays plain text. Errors as RenderTemplate's.
+absl::StatusOr<std::vector<RenderedPiece>> RenderPieces(const TaskTemplate& t,
+                                                        const FieldMap& fields,
+                                                        const FieldMap* item,
+                                                        int64_t keep_list);
+
 // The text of template `t` over `fields`, with {item.name} read from
-// `item` (may be null when the template has none). Lists expanded as whole
-// parts keep their newest `keep_list` elements (all when negative).
+// `item` (may be null when the template has none). Lists, expanded as
+// whole parts or inline, keep their newest `keep_list` elements (all when
+// negative); special tokens are written back as <|name|>.
 // InvalidArgument naming the field when one is missing or has the wrong
 // shape (the data loader checks this first, so it only happens with data
 // that bypassed it).
@@ -67,7 +83,8 @@ class InputEncoder {
   }
 
  private:
-  absl::StatusOr<EncodedInput> Encode(const std::string& text) const;
+  absl::StatusOr<EncodedInput> Encode(
+      const std::vector<RenderedPiece>& pieces) const;
   absl::StatusOr<EncodedInput> EncodeFitted(const TaskTemplate& t,
                                             const FieldMap& fields,
                                             const FieldMap* item) const;
@@ -80,11 +97,13 @@ class InputEncoder {
 };
 
 // Substitutes {name} references of `text` from `fields` (lists joined with
-// `separator`); the continuation templates of zero-shot scoring use it.
+// `separator`, their newest `keep_list` elements, all when negative); the
+// continuation templates of zero-shot scoring use it.
 absl::StatusOr<std::string> FillText(const std::string& text,
                                      const FieldMap& fields,
                                      const FieldMap* item,
-                                     const std::string& separator);
+                                     const std::string& separator,
+                                     int64_t keep_list = -1);
 
 }  // namespace optrec
 

@@ -96,7 +96,50 @@ absl::StatusOr<TaskTemplate> ParseTemplate(const nlohmann::json& j,
   return t;
 }
 
+// The metrics evaluation produces for a spec that early stopping may
+// follow, "neg_" marking the lower-is-better ones.
+std::vector<std::string> SelectableMetrics(const TaskSpec& s) {
+  std::vector<std::string> out;
+  auto ranking = [&out] {
+    for (int k : {1, 5, 10, 20}) {
+      out.push_back(absl::StrCat("hr@", k));
+      out.push_back(absl::StrCat("ndcg@", k));
+    }
+  };
+  switch (s.kind) {
+    case TaskKind::kScore:
+      out = {"accuracy", "neg_log_loss"};
+      if (s.options.size() == 2) {
+        out.push_back("auc");
+      } else {
+        out.push_back("neg_rmse");
+        out.push_back("neg_mae");
+      }
+      if (!s.candidates_field.empty()) ranking();
+      break;
+    case TaskKind::kGenerate:
+      out = {"neg_perplexity"};
+      if (!s.constrain_field.empty()) {
+        ranking();
+      } else {
+        for (const char* m : {"bleu4", "rouge1", "rouge2", "rouge_l"}) {
+          out.push_back(m);
+        }
+      }
+      break;
+    case TaskKind::kRetrieve:
+      ranking();
+      break;
+  }
+  return out;
+}
+
 }  // namespace
+
+bool SelectNeedsDecoding(const TaskSpec& spec) {
+  return spec.kind == TaskKind::kGenerate &&
+         spec.SelectMetric() != "neg_perplexity";
+}
 
 const char* TaskKindName(TaskKind kind) {
   switch (kind) {
@@ -410,6 +453,15 @@ absl::StatusOr<TaskSpec> ParseTaskSpec(const nlohmann::json& j,
     if (s.kind == TaskKind::kGenerate && n != 0) {
       return Bad(where, "zero_shot.continuations",
                  "is not used by generate tasks (decoding continues input)");
+    }
+  }
+  if (!s.select_metric.empty()) {
+    const std::vector<std::string> known = SelectableMetrics(s);
+    if (std::find(known.begin(), known.end(), s.select_metric) == known.end()) {
+      return Bad(where, "select_metric",
+                 absl::StrCat("is '", s.select_metric, "'; this task reports ",
+                              absl::StrJoin(known, ", "),
+                              " (higher is better; neg_ negates)"));
     }
   }
   return s;

@@ -150,12 +150,16 @@ struct TaskSpec {
   std::string SelectMetric() const;
 };
 
+// Whether following the spec's selection metric needs decoding at
+// validation (generate tasks selected by BLEU, ROUGE or HR@K).
+bool SelectNeedsDecoding(const TaskSpec& spec);
+
 // Parses and checks a spec. InvalidArgument naming `where` (a file path)
 // and the field for: unknown kinds or methods, unknown keys (a typo must
 // not be silently ignored), missing or empty templates, options on a
 // non-score task, fewer than two options or duplicate labels, a prompt too
 // short to hold the options, special tokens in generate templates, sizes
-// out of range.
+// out of range, a select_metric the task does not report.
 absl::StatusOr<TaskSpec> ParseTaskSpec(const nlohmann::json& json,
                                        const std::string& where);
 // Reads and parses a spec file. NotFound naming the path when unreadable.

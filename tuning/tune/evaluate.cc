@@ -42,6 +42,14 @@ absl::StatusOr<BatchPart> PreparePart(const TaskContext& task,
   return part;
 }
 
+// Whether candidate `k` (score a) ranks ahead of the target `i` (score b):
+// a higher score, or an equal one earlier in the list, so that ties never
+// count in the model's favour (a module scoring everything alike gets
+// chance-level ranks, not perfect ones).
+bool TiedRankAhead(double a, size_t k, double b, size_t i) {
+  return a > b || (a == b && k < i);
+}
+
 // Candidate-list tasks: hr@k / ndcg@k of each line's positive among its
 // candidates, ranked by `score` (higher first).
 void GroupRanking(const std::vector<Example>& examples,
@@ -58,7 +66,9 @@ void GroupRanking(const std::vector<Example>& examples,
     for (size_t i = begin; i < end; ++i) {
       if (examples[i].label != positive) continue;
       int64_t rank = 0;
-      for (size_t k = begin; k < end; ++k) rank += score[k] > score[i] ? 1 : 0;
+      for (size_t k = begin; k < end; ++k) {
+        rank += TiedRankAhead(score[k], k, score[i], i) ? 1 : 0;
+      }
       acc.Add(rank);
     }
     begin = end;
@@ -363,9 +373,13 @@ absl::Status EvaluateRetrieve(const TransformerLM& model,
         EmbedRows(model, *task.module, users, false, o.batch_rows));
     torch::Tensor scores = torch::matmul(user_emb, item_emb.t());  // [N, I]
     for (size_t n = 0; n < examples.size(); ++n) {
+      const int64_t target_item = examples[n].target_item;
       torch::Tensor row = scores[n];
-      const float target = row[examples[n].target_item].item<float>();
-      acc.Add(row.gt(target).sum().item<int64_t>());
+      const float target = row[target_item].item<float>();
+      const int64_t ahead =
+          row.gt(target).sum().item<int64_t>() +
+          row.narrow(0, 0, target_item).eq(target).sum().item<int64_t>();
+      acc.Add(ahead);
     }
     AddRanking(acc, out);
     return absl::OkStatus();
@@ -387,8 +401,11 @@ absl::Status EvaluateRetrieve(const TransformerLM& model,
                      ScoreSharedContext(model, in.ids, conts, {}, 256));
     const double target = scores[e.target_item].mean_log_likelihood;
     int64_t rank = 0;
-    for (const ContinuationScore& s : scores) {
-      rank += s.mean_log_likelihood > target ? 1 : 0;
+    for (size_t k = 0; k < scores.size(); ++k) {
+      rank += TiedRankAhead(scores[k].mean_log_likelihood, k, target,
+                            static_cast<size_t>(e.target_item))
+                  ? 1
+                  : 0;
     }
     acc.Add(rank);
   }

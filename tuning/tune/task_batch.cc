@@ -45,7 +45,8 @@ PartOutput ScoreLoss(const BatchPart& part, const PartRows& rows,
 PartOutput GenerateLoss(const BatchPart& part, const PartRows& rows,
                         const ForwardOutput& out, const TransformerLM& model) {
   const int64_t t = out.hidden.size(1);
-  const int64_t p = part.module != nullptr ? part.task->spec.prompt_length : 0;
+  const int64_t p =
+      part.module != nullptr ? part.module->user().prompt.size(0) : 0;
   std::vector<int64_t> at, targets;
   for (size_t i = 0; i < part.examples.size(); ++i) {
     const PreparedExample& e = part.examples[i];
@@ -70,9 +71,8 @@ PartOutput GenerateLoss(const BatchPart& part, const PartRows& rows,
   return result;
 }
 
-absl::StatusOr<PartOutput> RetrieveLoss(const BatchPart& part,
-                                        const PartRows& rows,
-                                        const ForwardOutput& out) {
+PartOutput RetrieveLoss(const BatchPart& part, const PartRows& rows,
+                        const ForwardOutput& out) {
   const int64_t n = part.examples.size();
   const PromptModule& m = *part.module;
   PartOutput result;
@@ -85,10 +85,12 @@ absl::StatusOr<PartOutput> RetrieveLoss(const BatchPart& part,
   // Another row with the same target is not a negative.
   torch::Tensor same = ids.unsqueeze(1).eq(ids.unsqueeze(0));  // [N, N]
   torch::Tensor eye = torch::eye(n, same.options());
-  if (n < 2 || same.all().item<bool>()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "task ", part.task->spec.task,
-        ": an InfoNCE batch needs two or more distinct target items"));
+  if (same.all().item<bool>()) {
+    // A draw whose rows all share one target has no negative: no signal
+    // this step (zero loss and gradient, still on autograd's tape).
+    result.loss = (result.user * result.item).sum() * 0.0;
+    result.skipped = true;
+    return result;
   }
   torch::Tensor sim = torch::matmul(result.user, result.item.t())
                           .to(torch::kFloat32)
@@ -123,7 +125,8 @@ absl::StatusOr<std::unique_ptr<TaskContext>> MakeTaskContext(
                      Catalog::Load(ResolveDataPath(data_root, spec.catalog),
                                    spec.catalog_id_field, refs.catalog));
   }
-  task->encoder = std::make_unique<InputEncoder>(task->spec, *model.tokenizer(),
+  task->tokenizer = model.shared_tokenizer();
+  task->encoder = std::make_unique<InputEncoder>(task->spec, *task->tokenizer,
                                                  task->catalog.get());
   return task;
 }
@@ -142,6 +145,11 @@ absl::StatusOr<PreparedExample> PrepareExample(const TaskContext& task,
       ASSIGN_OR_RETURN(p.target, task.encoder->EncodeText(" " + e.target));
       const int32_t eos = task.encoder->tokenizer().special().eos_id;
       if (eos >= 0) p.target.push_back(eos);
+      // Within the decoding budget, so a row never outgrows the positions
+      // the module was checked against (a cut target loses its EOS).
+      if (static_cast<int64_t>(p.target.size()) > task.spec.max_new_tokens) {
+        p.target.resize(task.spec.max_new_tokens);
+      }
       if (p.target.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "example at line ", e.line, ": the target encodes to no tokens"));
@@ -155,21 +163,17 @@ absl::StatusOr<PreparedExample> PrepareExample(const TaskContext& task,
   return p;
 }
 
-absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
-    const TransformerLM& model, const std::vector<BatchPart>& parts) {
+namespace {
+
+// The rows of every part, in part order (a retrieve part's user rows, then
+// its item rows). LibTorch errors propagate as exceptions.
+std::vector<RowInput> BatchRows(const std::vector<BatchPart>& parts,
+                                std::vector<PartRows>* layout) {
   std::vector<RowInput> rows;
-  std::vector<PartRows> layout(parts.size());
   for (size_t i = 0; i < parts.size(); ++i) {
     const BatchPart& part = parts[i];
-    const bool bare_ok =
-        part.task != nullptr && part.task->spec.kind == TaskKind::kGenerate;
-    if (part.task == nullptr || part.examples.empty() ||
-        (part.module == nullptr && !bare_ok)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("batch part ", i, " has no task module or no examples"));
-    }
     const PromptModule* m = part.module;
-    layout[i].first_user = static_cast<int64_t>(rows.size());
+    (*layout)[i].first_user = static_cast<int64_t>(rows.size());
     for (const PreparedExample& e : part.examples) {
       RowInput row;
       if (m != nullptr) {
@@ -181,11 +185,43 @@ absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
       rows.push_back(std::move(row));
     }
     if (part.task->spec.kind == TaskKind::kRetrieve) {
-      layout[i].first_item = static_cast<int64_t>(rows.size());
+      (*layout)[i].first_item = static_cast<int64_t>(rows.size());
       for (const PreparedExample& e : part.examples) {
         rows.push_back(m->MakeRow(e.item, true));
       }
     }
+  }
+  return rows;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
+    const TransformerLM& model, const std::vector<BatchPart>& parts) {
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const BatchPart& part = parts[i];
+    const bool bare_ok =
+        part.task != nullptr && part.task->spec.kind == TaskKind::kGenerate;
+    if (part.task == nullptr || part.examples.empty() ||
+        (part.module == nullptr && !bare_ok)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch part ", i, " has no task module or no examples"));
+    }
+    for (const PreparedExample& e : part.examples) {
+      if (part.module == nullptr && e.input.ids.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("task ", part.task->spec.task,
+                         ": an example without a module has no input tokens"));
+      }
+    }
+  }
+  std::vector<PartRows> layout(parts.size());
+  std::vector<RowInput> rows;
+  try {
+    rows = BatchRows(parts, &layout);
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("building the batch failed: ", TorchErrorMessage(e)));
   }
   ForwardOptions options;
   options.logits = ForwardOptions::Logits::kNone;
@@ -200,12 +236,9 @@ absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
         case TaskKind::kGenerate:
           results.push_back(GenerateLoss(parts[i], layout[i], out, model));
           break;
-        case TaskKind::kRetrieve: {
-          ASSIGN_OR_RETURN(PartOutput r,
-                           RetrieveLoss(parts[i], layout[i], out));
-          results.push_back(std::move(r));
+        case TaskKind::kRetrieve:
+          results.push_back(RetrieveLoss(parts[i], layout[i], out));
           break;
-        }
       }
     }
   } catch (const std::exception& e) {

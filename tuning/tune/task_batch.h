@@ -30,7 +30,8 @@ namespace optrec {
 // encoder points into the spec and catalog.
 struct TaskContext {
   TaskSpec spec;
-  std::shared_ptr<const Catalog> catalog;  // null when the task has none
+  std::shared_ptr<const Tokenizer> tokenizer;  // kept alive for the encoder
+  std::shared_ptr<const Catalog> catalog;      // null when the task has none
   std::unique_ptr<InputEncoder> encoder;
   std::shared_ptr<PromptModule> module;
 
@@ -83,6 +84,9 @@ struct PartOutput {
   torch::Tensor user;         // retrieve: [N, E] user embeddings
   torch::Tensor item;         // retrieve: [N, E] target item embeddings
   int64_t target_tokens = 0;  // generate: tokens the loss averages over
+  // Retrieve: every row had the same target, so there was no negative; the
+  // loss is zero (with zero gradients).
+  bool skipped = false;
 };
 
 // Runs every part's rows in one forward pass and computes each task's loss:
@@ -91,11 +95,11 @@ struct PartOutput {
 //             included);
 //   retrieve: in-batch InfoNCE from users to their target items at the
 //             spec's temperature, other rows with the same target item
-//             masked out of the negatives; needs two or more distinct
-//             target items.
+//             masked out of the negatives (a part whose rows all share one
+//             target gives a zero loss, `skipped`).
 // The losses stay on autograd's tape when a module's tensors require grad.
 // Every part needs at least one example. Errors: InvalidArgument for an
-// empty part or a retrieve part with one distinct item; forward errors as
+// empty part, or an example with no input and no module; forward errors as
 // TransformerLM::Forward's; Internal for a LibTorch failure.
 absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
     const TransformerLM& model, const std::vector<BatchPart>& parts);

@@ -1,5 +1,7 @@
 #include "tuning/tune/tuner.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "core/checkpoint/safetensors.h"
 #include "core/model/transformer.h"
 #include "core/util/files.h"
+#include "core/util/hash.h"
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
 #include "core/util/torch_errors.h"
@@ -102,19 +105,34 @@ size_t PickTemplate(const TaskRun& run, uint64_t seed, int64_t step,
   return run.templates[z % run.templates.size()];
 }
 
+// The hash of the model directory's tokenizer file (the fingerprint covers
+// config and weights only), or "" when it has none.
+std::string TokenizerHash(const std::string& dir) {
+  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+    absl::StatusOr<std::string> hash =
+        FileXxh3Hex128((fs::path(dir) / name).string());
+    if (hash.ok()) return *hash;
+  }
+  return "";
+}
+
 Json RunSettings(const TuneOptions& o, const TransformerLM& model,
                  const std::vector<std::unique_ptr<TaskRun>>& runs) {
   Json tasks = Json::array();
   for (const auto& run : runs) {
-    tasks.push_back({{"spec", run->context->spec.json},
-                     {"method", TuningMethodName(run->method)},
-                     {"version", run->options.version},
-                     {"loss_weight", run->options.loss_weight},
-                     {"batch_examples", run->batch},
-                     {"train_hash", run->train.hash},
-                     {"valid_hash", run->valid.hash}});
+    tasks.push_back(
+        {{"spec", run->context->spec.json},
+         {"method", TuningMethodName(run->method)},
+         {"version", run->options.version},
+         {"loss_weight", run->options.loss_weight},
+         {"batch_examples", run->batch},
+         {"train_hash", run->train.hash},
+         {"valid_hash", run->valid.hash},
+         {"catalog_hash",
+          run->context->catalog ? run->context->catalog->hash() : ""}});
   }
   return {{"base_model_fingerprint", model.fingerprint()},
+          {"tokenizer_hash", TokenizerHash(model.directory())},
           {"tasks", tasks},
           {"seed", o.seed},
           {"steps", o.steps},
@@ -332,7 +350,7 @@ absl::Status Validate(const std::shared_ptr<const TransformerLM>& model,
     if (run->stopped) continue;
     EvalOptions eval;
     eval.template_index = run->templates[0];
-    eval.decode = false;
+    eval.decode = SelectNeedsDecoding(run->context->spec);
     ASSIGN_OR_RETURN(Json metrics, EvaluateTask(model, *run->context,
                                                 run->valid_sample, eval));
     const double value = SelectionValue(metrics, run->select_metric);
@@ -365,9 +383,8 @@ absl::Status Validate(const std::shared_ptr<const TransformerLM>& model,
   return absl::OkStatus();
 }
 
-// One optimizer step over a batch mixing every task still training. Returns
-// each task's loss (NaN for stopped tasks) and the examples used.
-absl::StatusOr<std::vector<double>> TrainStep(
+// TrainStep's body; LibTorch errors propagate as exceptions.
+absl::StatusOr<std::vector<double>> TrainStepImpl(
     const TransformerLM& model, std::vector<std::unique_ptr<TaskRun>>& runs,
     std::vector<ExampleOrder>& orders, const TuneOptions& o,
     torch::optim::AdamW& optimizer, int64_t step, int64_t* examples) {
@@ -409,39 +426,48 @@ absl::StatusOr<std::vector<double>> TrainStep(
     torch::Tensor weighted = outputs[p].loss * run.options.loss_weight;
     total = total.defined() ? total + weighted : weighted;
   }
-  try {
-    optimizer.zero_grad();
-    total.backward();
-    // A non-finite gradient would poison the module (and the next
-    // checkpoint) while the loss still looked fine: stop before the update.
-    for (size_t i : part_task) {
-      const std::vector<torch::Tensor> params =
-          runs[i]->context->module->Parameters();
-      std::vector<torch::Tensor> norms;
+  optimizer.zero_grad();
+  total.backward();
+  // A non-finite gradient would poison the module (and the next
+  // checkpoint) while the loss still looked fine: stop before the update.
+  for (size_t i : part_task) {
+    const std::vector<torch::Tensor> params =
+        runs[i]->context->module->Parameters();
+    std::vector<torch::Tensor> norms;
+    for (const torch::Tensor& t : params) {
+      if (t.grad().defined()) norms.push_back(t.grad().norm());
+    }
+    const double norm =
+        norms.empty() ? 0.0 : torch::stack(norms).norm().item<double>();
+    if (!std::isfinite(norm)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("task ", runs[i]->context->spec.task,
+                       ": the gradient became ", norm, " at step ", step + 1,
+                       "; lower --lr (the last good checkpoint is kept)"));
+    }
+    if (o.grad_clip_norm > 0 && norm > o.grad_clip_norm) {
+      torch::NoGradGuard no_grad;
       for (const torch::Tensor& t : params) {
-        if (t.grad().defined()) norms.push_back(t.grad().norm());
-      }
-      const double norm =
-          norms.empty() ? 0.0 : torch::stack(norms).norm().item<double>();
-      if (!std::isfinite(norm)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("task ", runs[i]->context->spec.task,
-                         ": the gradient became ", norm, " at step ", step + 1,
-                         "; lower --lr (the last good checkpoint is kept)"));
-      }
-      if (o.grad_clip_norm > 0 && norm > o.grad_clip_norm) {
-        torch::NoGradGuard no_grad;
-        for (const torch::Tensor& t : params) {
-          if (t.grad().defined()) t.grad().mul_(o.grad_clip_norm / norm);
-        }
+        if (t.grad().defined()) t.grad().mul_(o.grad_clip_norm / norm);
       }
     }
-    optimizer.step();
-  } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("the training step failed: ", TorchErrorMessage(e)));
   }
+  optimizer.step();
   return losses;
+}
+
+// One optimizer step over a batch mixing every task still training. Returns
+// each task's loss (NaN for stopped tasks) and adds the examples used.
+absl::StatusOr<std::vector<double>> TrainStep(
+    const TransformerLM& model, std::vector<std::unique_ptr<TaskRun>>& runs,
+    std::vector<ExampleOrder>& orders, const TuneOptions& o,
+    torch::optim::AdamW& optimizer, int64_t step, int64_t* examples) {
+  try {
+    return TrainStepImpl(model, runs, orders, o, optimizer, step, examples);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("the training step ", step + 1,
+                                            " failed: ", TorchErrorMessage(e)));
+  }
 }
 
 std::string LossText(const std::vector<std::unique_ptr<TaskRun>>& runs,
@@ -455,11 +481,17 @@ std::string LossText(const std::vector<std::unique_ptr<TaskRun>>& runs,
   return absl::StrCat("loss ", absl::StrJoin(parts, " "));
 }
 
+void RemoveFiles(const std::vector<std::string>& paths) {
+  std::error_code ignored;
+  for (const std::string& p : paths) fs::remove(p, ignored);
+}
+
 // Writes every task's best module (or the last, when no validation ran).
 absl::Status WriteModules(const TuneOptions& o, const TransformerLM& model,
                           const std::vector<std::unique_ptr<TaskRun>>& runs,
                           const JobState& state, TuneResult* result) {
   RETURN_IF_ERROR(MakeDirs(o.out_dir));
+  std::vector<std::string> staged_files;
   for (const auto& run : runs) {
     PromptModule& m = *run->context->module;
     if (!run->best.empty()) RETURN_IF_ERROR(m.CopyFrom(run->best));
@@ -491,7 +523,16 @@ absl::Status WriteModules(const TuneOptions& o, const TransformerLM& model,
                         {"steps", o.steps},
                         {"patience", o.patience}};
     info["command"] = o.command_line;
-    RETURN_IF_ERROR(m.Save(run->module_path));
+    // Every file is written under a temporary name first and renamed only
+    // once all are, so a failure leaves no module of this job behind.
+    const std::string staged =
+        absl::StrCat(run->module_path, ".tmp-", getpid());
+    staged_files.push_back(staged);
+    absl::Status saved = m.Save(staged);
+    if (!saved.ok()) {
+      RemoveFiles(staged_files);
+      return saved;
+    }
     TunedTask t;
     t.task = s.task;
     t.version = run->options.version;
@@ -504,6 +545,16 @@ absl::Status WriteModules(const TuneOptions& o, const TransformerLM& model,
     t.best_metrics = run->best_metrics;
     t.curve = run->curve;
     result->tasks.push_back(std::move(t));
+  }
+  for (size_t i = 0; i < runs.size(); ++i) {
+    std::error_code ec;
+    fs::rename(staged_files[i], runs[i]->module_path, ec);
+    if (ec) {
+      RemoveFiles(staged_files);
+      return absl::InternalError(absl::StrCat("cannot move ", staged_files[i],
+                                              " to ", runs[i]->module_path,
+                                              ": ", ec.message()));
+    }
   }
   return absl::OkStatus();
 }
@@ -580,6 +631,14 @@ absl::StatusOr<TuneResult> Tune(const TuneOptions& o) {
   std::vector<std::unique_ptr<TaskRun>> runs;
   for (size_t i = 0; i < o.tasks.size(); ++i) {
     ASSIGN_OR_RETURN(auto run, OpenTask(o, o.tasks[i], i, *model));
+    for (const auto& other : runs) {
+      if (other->module_path == run->module_path) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("specs ", other->options.spec_path, " and ",
+                         run->options.spec_path, " would both write ",
+                         run->module_path, " (same task and version)"));
+      }
+    }
     runs.push_back(std::move(run));
   }
   std::vector<ExampleOrder> orders;
