@@ -283,16 +283,7 @@ TEST(PromptModuleTest, SavedModulesReloadExactlyAndOnlyOnTheirBase) {
 
   // Another backbone: refused with both fingerprints named.
   const std::string other = MakeTempDir("other");
-  RandomModelSpec spec;
-  spec.hidden = 32;
-  spec.layers = 2;
-  spec.heads = 4;
-  spec.kv_heads = 2;
-  spec.ffn = 64;
-  spec.vocab = 2048;
-  spec.max_positions = 256;
-  spec.seed = 99;
-  ASSERT_TRUE(WriteRandomModel(other, spec).ok());
+  ASSERT_TRUE(WriteRandomModel(other, FixtureModelSpec(99)).ok());
   auto other_model = TransformerLM::Load(other);
   ASSERT_TRUE(other_model.ok());
   auto refused = PromptModule::Load(path, **other_model);

@@ -23,6 +23,25 @@ void Check(const absl::Status& status, const char* what) {
   }
 }
 
+}  // namespace
+
+RandomModelSpec FixtureModelSpec(uint64_t seed) {
+  RandomModelSpec spec;
+  spec.model_type = "llama";
+  spec.hidden = 32;
+  spec.layers = 2;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  spec.ffn = 64;
+  spec.vocab = 2048;
+  spec.max_positions = 256;
+  spec.tied = true;
+  spec.seed = seed;
+  return spec;
+}
+
+namespace {
+
 TuningFixture Build() {
   TuningFixture f;
   f.dir = MakeTempDir("tuning");
@@ -37,18 +56,7 @@ TuningFixture Build() {
   config.direct_user_fraction = 1.0;
   Check(GenerateWorld(config, f.world, {}), "world");
 
-  RandomModelSpec spec;
-  spec.model_type = "llama";
-  spec.hidden = 32;
-  spec.layers = 2;
-  spec.heads = 4;
-  spec.kv_heads = 2;
-  spec.ffn = 64;
-  spec.vocab = 2048;
-  spec.max_positions = 256;
-  spec.tied = true;
-  spec.seed = 5;
-  Check(WriteRandomModel(f.model, spec), "model");
+  Check(WriteRandomModel(f.model, FixtureModelSpec(5)), "model");
   fs::copy_file(
       std::string(OPTREC_SOURCE_DIR) + "/models/default/tokenizer.model",
       f.model + "/tokenizer.model");

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/model/random_model.h"
 #include "core/model/transformer.h"
 
 namespace optrec {
@@ -19,6 +20,10 @@ struct TuningFixture {
   std::string world;  // a generated world (seed 3, 200 items, 60 users)
   std::string model;  // tiny Llama: width 32, 2 layers, vocabulary 2048
 };
+
+// The fixture model's shape (tied embeddings, the default tokenizer's
+// 2048-piece vocabulary) with weights drawn from `seed`.
+RandomModelSpec FixtureModelSpec(uint64_t seed);
 
 // Built once per test process.
 const TuningFixture& SharedTuningFixture();

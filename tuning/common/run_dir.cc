@@ -109,4 +109,29 @@ double WarmupCosineRate(int64_t step, int64_t steps, int64_t warmup_steps,
   return floor + 0.5 * (peak - floor) * (1.0 + std::cos(M_PI * progress));
 }
 
+absl::Status ValidateTrainingSchedule(const TrainingSchedule& s) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  if (s.steps <= 0) return bad("--steps must be positive, got ", s.steps);
+  if (!(s.learning_rate > 0)) {
+    return bad("--lr must be positive, got ", s.learning_rate);
+  }
+  if (!(s.min_learning_rate >= 0) || s.min_learning_rate > s.learning_rate) {
+    return bad("--min-lr ", s.min_learning_rate, " must lie in [0, lr ",
+               s.learning_rate, "]");
+  }
+  if (s.warmup_steps < 0 || s.warmup_steps >= s.steps) {
+    return bad("--warmup ", s.warmup_steps, " must lie in [0, steps ", s.steps,
+               ")");
+  }
+  if (!(s.weight_decay >= 0)) {
+    return bad("--weight-decay must not be negative, got ", s.weight_decay);
+  }
+  if (!(s.grad_clip_norm >= 0)) {
+    return bad("--clip must not be negative, got ", s.grad_clip_norm);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace optrec

@@ -67,6 +67,21 @@ class CheckpointDir {
 double WarmupCosineRate(int64_t step, int64_t steps, int64_t warmup_steps,
                         double peak, double floor);
 
+// The optimizer settings every training job shares, as their command-line
+// flags name them.
+struct TrainingSchedule {
+  int64_t steps = 0;             // --steps: positive
+  double learning_rate = 0;      // --lr: positive
+  double min_learning_rate = 0;  // --min-lr: in [0, lr]
+  int64_t warmup_steps = 0;      // --warmup: in [0, steps)
+  double weight_decay = 0;       // --weight-decay: not negative
+  double grad_clip_norm = 0;     // --clip: not negative (0 = off)
+};
+
+// InvalidArgument naming the flag and its value for settings that cannot
+// run.
+absl::Status ValidateTrainingSchedule(const TrainingSchedule& s);
+
 }  // namespace optrec
 
 #endif  // OPTREC_TUNING_COMMON_RUN_DIR_H_

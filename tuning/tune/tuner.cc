@@ -587,26 +587,11 @@ absl::Status ValidateTuneOptions(const TuneOptions& o) {
                  " is listed twice");
     }
   }
-  if (o.steps <= 0) return bad("--steps must be positive, got ", o.steps);
+  RETURN_IF_ERROR(ValidateTrainingSchedule({o.steps, o.learning_rate,
+                                            o.min_learning_rate, o.warmup_steps,
+                                            o.weight_decay, o.grad_clip_norm}));
   if (o.batch_examples <= 0) {
     return bad("--batch must be positive, got ", o.batch_examples);
-  }
-  if (!(o.learning_rate > 0)) {
-    return bad("--lr must be positive, got ", o.learning_rate);
-  }
-  if (!(o.min_learning_rate >= 0) || o.min_learning_rate > o.learning_rate) {
-    return bad("--min-lr ", o.min_learning_rate, " must lie in [0, lr ",
-               o.learning_rate, "]");
-  }
-  if (o.warmup_steps < 0 || o.warmup_steps >= o.steps) {
-    return bad("--warmup ", o.warmup_steps, " must lie in [0, steps ", o.steps,
-               ")");
-  }
-  if (!(o.weight_decay >= 0)) {
-    return bad("--weight-decay must not be negative, got ", o.weight_decay);
-  }
-  if (!(o.grad_clip_norm >= 0)) {
-    return bad("--clip must not be negative, got ", o.grad_clip_norm);
   }
   if (o.max_train_examples < 0) {
     return bad("--max-train-examples must not be negative");
