@@ -1,0 +1,371 @@
+#include "server/scheduler/batch_scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/util/torch_errors.h"
+
+namespace optrec {
+namespace {
+
+class RealClock : public Clock {
+ public:
+  absl::Time Now() const override { return absl::Now(); }
+};
+
+// How often a waiting runner looks again at deadlines and cancellations
+// when nothing else wakes it.
+constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
+
+}  // namespace
+
+std::shared_ptr<Clock> Clock::Real() {
+  static const std::shared_ptr<Clock> clock = std::make_shared<RealClock>();
+  return clock;
+}
+
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  if (o.max_batch_rows < 1) {
+    return bad("max_batch_rows must be at least 1, got ", o.max_batch_rows);
+  }
+  if (o.max_batch_tokens < 1) {
+    return bad("max_batch_tokens must be at least 1, got ", o.max_batch_tokens);
+  }
+  if (o.max_queue_delay_us < 0) {
+    return bad("max_queue_delay_us must not be negative, got ",
+               o.max_queue_delay_us);
+  }
+  if (o.max_queued_rows < o.max_batch_rows) {
+    return bad("max_queued_rows (", o.max_queued_rows,
+               ") must be at least max_batch_rows (", o.max_batch_rows, ")");
+  }
+  if (o.runner_threads < 1) {
+    return bad("runner_threads must be at least 1, got ", o.runner_threads);
+  }
+  return absl::OkStatus();
+}
+
+struct BatchScheduler::Pending {
+  BatchRequest request;
+  BatchCallback done;
+  absl::Time enqueued;
+  int64_t prompt_length = 0;
+  size_t next_row = 0;  // rows before it are in a batch (guarded by mu_)
+
+  absl::Mutex mu;  // guards the fields below, written by runners
+  BatchResult results ABSL_GUARDED_BY(mu);
+  size_t rows_done ABSL_GUARDED_BY(mu) = 0;
+  bool finished ABSL_GUARDED_BY(mu) = false;
+
+  // Marks the request ended unless it ended already; true when this call
+  // ended it (the caller then runs `done`, outside any lock).
+  bool Finish() {
+    absl::MutexLock lock(&mu);
+    if (finished) return false;
+    finished = true;
+    return true;
+  }
+};
+
+BatchScheduler::BatchScheduler(std::shared_ptr<const TransformerLM> model,
+                               SchedulerOptions options,
+                               std::shared_ptr<Clock> clock)
+    : model_(std::move(model)),
+      options_(std::move(options)),
+      clock_(std::move(clock)) {
+  for (int i = 0; i < options_.runner_threads; ++i) {
+    runners_.emplace_back([this] { RunnerLoop(); });
+  }
+}
+
+BatchScheduler::~BatchScheduler() {
+  Shutdown();
+  for (std::thread& t : runners_) t.join();
+}
+
+void BatchScheduler::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+}
+
+int64_t BatchScheduler::queued_rows() const {
+  absl::MutexLock lock(&mu_);
+  return queued_rows_;
+}
+
+BatchScheduler::Counters BatchScheduler::counters() const {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+void BatchScheduler::Submit(BatchRequest request, BatchCallback done) {
+  auto refuse = [&done](absl::Status status) { done(std::move(status)); };
+  if (request.module == nullptr || request.rows.empty()) {
+    return refuse(
+        absl::InvalidArgumentError("a batch request needs a module and rows"));
+  }
+  const TaskKind kind = request.module->spec().kind;
+  const bool wants_options = request.output == RowOutput::kOptionProbabilities;
+  if ((kind == TaskKind::kScore) != wants_options ||
+      (!wants_options && kind != TaskKind::kRetrieve)) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("task ", request.module->spec().task, " is a ",
+                     TaskKindName(kind), " task; it cannot give ",
+                     wants_options ? "option probabilities" : "embeddings")));
+  }
+  const int64_t prompt = request.module->spec().prompt_length;
+  for (size_t r = 0; r < request.rows.size(); ++r) {
+    const int64_t length =
+        prompt + static_cast<int64_t>(request.rows[r].ids.size());
+    if (request.rows[r].ids.empty() ||
+        length > model_->config().max_positions) {
+      return refuse(absl::InvalidArgumentError(
+          absl::StrCat("row ", r, " has ", request.rows[r].ids.size(),
+                       " tokens; with the ", prompt,
+                       "-vector prompt it must fit the "
+                       "model's ",
+                       model_->config().max_positions, " positions")));
+    }
+  }
+  auto pending = std::make_shared<Pending>();
+  pending->prompt_length = prompt;
+  pending->done = std::move(done);
+  pending->request = std::move(request);
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->results.resize(pending->request.rows.size());
+  }
+  const int64_t rows = static_cast<int64_t>(pending->request.rows.size());
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    pending->enqueued = clock_->Now();
+    if (stopping_) {
+      refused = absl::UnavailableError("the scheduler is shutting down");
+    } else if (pending->request.deadline <= pending->enqueued) {
+      ++counters_.expired;
+      refused = absl::DeadlineExceededError(
+          "the deadline passed before the request was queued");
+    } else if (queued_rows_ + rows > options_.max_queued_rows) {
+      ++counters_.refused;
+      refused = absl::ResourceExhaustedError(absl::StrCat(
+          "the queue is full (", queued_rows_, " rows waiting, at most ",
+          options_.max_queued_rows, "); retry later"));
+    } else {
+      queue_.push_back(pending);
+      queued_rows_ += rows;
+    }
+  }
+  if (!refused.ok()) pending->done(refused);
+}
+
+bool BatchScheduler::BatchReady() const {
+  if (queue_.empty()) return false;
+  if (stopping_ || queued_rows_ >= options_.max_batch_rows) return true;
+  const absl::Duration waited = clock_->Now() - queue_.front()->enqueued;
+  if (waited >= absl::Microseconds(options_.max_queue_delay_us)) return true;
+  // Enough positions queued to fill a batch by tokens.
+  int64_t longest = 0, count = 0;
+  for (const auto& p : queue_) {
+    for (size_t r = p->next_row; r < p->request.rows.size(); ++r) {
+      longest = std::max<int64_t>(
+          longest, p->prompt_length +
+                       static_cast<int64_t>(p->request.rows[r].ids.size()));
+      ++count;
+    }
+  }
+  return longest * count >= options_.max_batch_tokens;
+}
+
+std::vector<BatchScheduler::Dropped> BatchScheduler::DropExpired() {
+  const absl::Time now = clock_->Now();
+  std::vector<Dropped> dropped;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    Pending& p = **it;
+    const bool cancelled = p.request.cancelled && p.request.cancelled();
+    if (!cancelled && p.request.deadline > now) {
+      ++it;
+      continue;
+    }
+    queued_rows_ -= static_cast<int64_t>(p.request.rows.size() - p.next_row);
+    if (cancelled) {
+      ++counters_.cancelled;
+      dropped.push_back(
+          {*it, absl::CancelledError("the request was cancelled")});
+    } else {
+      ++counters_.expired;
+      dropped.push_back(
+          {*it, absl::DeadlineExceededError(
+                    "the deadline passed while the request was queued")});
+    }
+    it = queue_.erase(it);
+  }
+  return dropped;
+}
+
+std::vector<BatchScheduler::Slice> BatchScheduler::NextBatch() {
+  std::vector<Slice> batch;
+  int64_t rows = 0, longest = 0;
+  while (!queue_.empty() && rows < options_.max_batch_rows) {
+    std::shared_ptr<Pending> p = queue_.front();
+    Slice slice{p, p->next_row, p->next_row};
+    while (slice.end < p->request.rows.size() &&
+           rows < options_.max_batch_rows) {
+      const int64_t length =
+          p->prompt_length +
+          static_cast<int64_t>(p->request.rows[slice.end].ids.size());
+      const int64_t wider = std::max(longest, length);
+      if (rows > 0 && wider * (rows + 1) > options_.max_batch_tokens) break;
+      longest = wider;
+      ++rows;
+      ++slice.end;
+    }
+    if (slice.end == slice.begin) break;  // the token limit is reached
+    p->next_row = slice.end;
+    queued_rows_ -= static_cast<int64_t>(slice.end - slice.begin);
+    batch.push_back(std::move(slice));
+    if (p->next_row < p->request.rows.size()) break;  // the batch is full
+    queue_.pop_front();
+  }
+  return batch;
+}
+
+void BatchScheduler::RunnerLoop() {
+  while (true) {
+    std::vector<Slice> batch;
+    std::vector<Dropped> dropped;
+    bool exit = false;
+    {
+      absl::MutexLock lock(&mu_);
+      dropped = DropExpired();
+      if (!dropped.empty()) {
+        // Their callbacks first, then look again.
+      } else if (queue_.empty() && stopping_) {
+        exit = true;
+      } else if (BatchReady()) {
+        batch = NextBatch();
+      } else {
+        // Wake for new rows, shutdown, or when the oldest row's wait ends.
+        absl::Duration wait = kPollInterval;
+        if (!queue_.empty()) {
+          const absl::Duration left =
+              queue_.front()->enqueued +
+              absl::Microseconds(options_.max_queue_delay_us) - clock_->Now();
+          wait = std::min(wait, std::max(left, absl::ZeroDuration()));
+        }
+        const int64_t before = queued_rows_;
+        auto changed = [this, before]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || queued_rows_ != before;
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&changed), wait);
+      }
+    }
+    // Callbacks run without the lock: they may submit again.
+    for (Dropped& d : dropped) {
+      if (d.request->Finish()) d.request->done(d.status);
+    }
+    if (exit) return;
+    if (!batch.empty()) RunBatch(batch);
+  }
+}
+
+void BatchScheduler::RunBatch(const std::vector<Slice>& batch) {
+  std::vector<RowInput> rows;
+  int64_t longest = 0;
+  absl::StatusOr<ForwardOutput> out = absl::InternalError("not run");
+  std::vector<BatchResult> results(batch.size());
+  absl::Status failure;
+  try {
+    for (const Slice& s : batch) {
+      const BatchRequest& r = s.request->request;
+      const bool item = r.output == RowOutput::kItemEmbedding;
+      for (size_t i = s.begin; i < s.end; ++i) {
+        rows.push_back(r.module->MakeRow(r.rows[i], item));
+        longest = std::max<int64_t>(
+            longest, s.request->prompt_length +
+                         static_cast<int64_t>(r.rows[i].ids.size()));
+      }
+    }
+    torch::InferenceMode inference;
+    ForwardOptions options;
+    options.logits = ForwardOptions::Logits::kNone;
+    out = model_->Forward(rows, nullptr, options);
+    if (!out.ok()) {
+      // Rows were checked at Submit, so this is the server's failure.
+      failure = absl::InternalError(
+          absl::StrCat("the batch failed: ", out.status().message()));
+    } else {
+      // Final states at each row's last position: [B, D].
+      const int64_t t = out->hidden.size(1);
+      std::vector<int64_t> flat;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        flat.push_back(static_cast<int64_t>(i) * t + out->lengths[i] - 1);
+      }
+      torch::Tensor h =
+          out->hidden.reshape({-1, out->hidden.size(2)})
+              .index_select(
+                  0,
+                  torch::tensor(flat, torch::kInt64).to(out->hidden.device()));
+      int64_t at = 0;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const BatchRequest& r = batch[b].request->request;
+        const int64_t n = static_cast<int64_t>(batch[b].end - batch[b].begin);
+        torch::Tensor mine = h.narrow(0, at, n);
+        at += n;
+        torch::Tensor values =
+            r.output == RowOutput::kOptionProbabilities
+                ? torch::softmax(
+                      r.module->OptionLogits(mine).to(torch::kFloat32), -1)
+                : r.module->Embed(mine, r.output == RowOutput::kItemEmbedding)
+                      .to(torch::kFloat32);
+        values = values.to(torch::kCPU).contiguous();
+        BatchResult vectors;
+        for (int64_t i = 0; i < n; ++i) {
+          const float* v = values[i].data_ptr<float>();
+          vectors.emplace_back(v, v + values.size(1));
+        }
+        results[b] = std::move(vectors);
+      }
+    }
+  } catch (const std::exception& e) {
+    failure = absl::InternalError(
+        absl::StrCat("the batch failed: ", TorchErrorMessage(e)));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++counters_.batches;
+    counters_.rows += static_cast<int64_t>(rows.size());
+    counters_.tokens += longest * static_cast<int64_t>(rows.size());
+    if (!failure.ok()) counters_.failed += static_cast<int64_t>(batch.size());
+  }
+  for (size_t b = 0; b < batch.size(); ++b) {
+    Pending& p = *batch[b].request;
+    if (!failure.ok()) {
+      if (p.Finish()) p.done(failure);
+      continue;
+    }
+    bool complete = false;
+    BatchResult all;
+    {
+      absl::MutexLock lock(&p.mu);
+      if (p.finished) continue;  // failed or dropped meanwhile
+      BatchResult& vectors = results[b];
+      for (size_t i = 0; i < vectors.size(); ++i) {
+        p.results[batch[b].begin + i] = std::move(vectors[i]);
+      }
+      p.rows_done += vectors.size();
+      if (p.rows_done == p.request.rows.size()) {
+        p.finished = true;
+        complete = true;
+        all = std::move(p.results);
+      }
+    }
+    if (complete) p.done(std::move(all));
+  }
+}
+
+}  // namespace optrec
