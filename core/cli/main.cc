@@ -13,6 +13,9 @@
 #ifdef OPTREC_WITH_TUNING
 #include "tuning/cli/commands.h"
 #endif
+#ifdef OPTREC_WITH_SERVER
+#include "server/cli/commands.h"
+#endif
 
 namespace {
 
@@ -42,6 +45,9 @@ constexpr Command kCommands[] = {
     {"eval", "evaluate a prompt module, or a task zero-shot", optrec::RunEval},
     {"baselines", "score non-LM baselines and the oracle on the shop world",
      optrec::RunBaselinesCommand},
+#endif
+#ifdef OPTREC_WITH_SERVER
+    {"serve", "serve task modules over gRPC", optrec::RunServe},
 #endif
 };
 

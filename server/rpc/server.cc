@@ -1,0 +1,199 @@
+#include "server/rpc/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/util/log.h"
+#include "core/util/status_macros.h"
+
+namespace optrec {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status Unknown(const Json& j, const std::string& prefix,
+                     const std::set<std::string>& known) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (known.count(it.key()) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: unknown field '", prefix, it.key(),
+                       "' (known: ", absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status Read(const Json& j, const std::string& key,
+                  const std::string& where, T* out) {
+  if (!j.contains(key)) return absl::OkStatus();
+  const Json& v = j[key];
+  bool ok = false;
+  if constexpr (std::is_same_v<T, std::string>) {
+    ok = v.is_string();
+  } else if constexpr (std::is_integral_v<T>) {
+    ok = v.is_number_integer();
+  } else {
+    ok = v.is_number();
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: field '", where, key, "' has the wrong type (",
+                     v.dump(), ")"));
+  }
+  *out = v.get<T>();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
+  if (!c.is_object()) {
+    return absl::InvalidArgumentError("config: must be a JSON object");
+  }
+  RETURN_IF_ERROR(
+      Unknown(c, "",
+              {"listen", "model_dir", "device", "dtype", "modules", "batching",
+               "limits", "max_message_bytes", "shutdown_grace_ms"}));
+  RETURN_IF_ERROR(Read(c, "listen", "", &o->listen));
+  RETURN_IF_ERROR(Read(c, "model_dir", "", &o->model_dir));
+  RETURN_IF_ERROR(Read(c, "device", "", &o->device));
+  RETURN_IF_ERROR(Read(c, "dtype", "", &o->dtype));
+  RETURN_IF_ERROR(Read(c, "max_message_bytes", "", &o->max_message_bytes));
+  RETURN_IF_ERROR(Read(c, "shutdown_grace_ms", "", &o->shutdown_grace_ms));
+  if (c.contains("modules")) {
+    if (!c["modules"].is_array()) {
+      return absl::InvalidArgumentError(
+          "config: field 'modules' must be a list of module files");
+    }
+    o->modules.clear();
+    for (const Json& m : c["modules"]) {
+      if (!m.is_string()) {
+        return absl::InvalidArgumentError(
+            "config: field 'modules' must hold file paths");
+      }
+      o->modules.push_back(m.get<std::string>());
+    }
+  }
+  if (c.contains("batching")) {
+    const Json& b = c["batching"];
+    if (!b.is_object()) {
+      return absl::InvalidArgumentError("config: 'batching' must be an object");
+    }
+    RETURN_IF_ERROR(
+        Unknown(b, "batching.",
+                {"max_batch_rows", "max_batch_tokens", "max_queue_delay_us",
+                 "max_queued_rows", "runner_threads"}));
+    SchedulerOptions& s = o->scheduler;
+    RETURN_IF_ERROR(Read(b, "max_batch_rows", "batching.", &s.max_batch_rows));
+    RETURN_IF_ERROR(
+        Read(b, "max_batch_tokens", "batching.", &s.max_batch_tokens));
+    RETURN_IF_ERROR(
+        Read(b, "max_queue_delay_us", "batching.", &s.max_queue_delay_us));
+    RETURN_IF_ERROR(
+        Read(b, "max_queued_rows", "batching.", &s.max_queued_rows));
+    RETURN_IF_ERROR(Read(b, "runner_threads", "batching.", &s.runner_threads));
+  }
+  if (c.contains("limits")) {
+    const Json& l = c["limits"];
+    if (!l.is_object()) {
+      return absl::InvalidArgumentError("config: 'limits' must be an object");
+    }
+    RETURN_IF_ERROR(Unknown(l, "limits.", {"max_candidates"}));
+    RETURN_IF_ERROR(
+        Read(l, "max_candidates", "limits.", &o->limits.max_candidates));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateServeOptions(const ServeOptions& o) {
+  if (o.model_dir.empty()) {
+    return absl::InvalidArgumentError("model_dir: required");
+  }
+  if (o.listen.empty()) return absl::InvalidArgumentError("listen: required");
+  if (o.max_message_bytes < 1024 || o.max_message_bytes > (1ll << 31) - 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes: ", o.max_message_bytes,
+                     " is outside [1024, 2^31 - 1]"));
+  }
+  if (o.limits.max_candidates < 1) {
+    return absl::InvalidArgumentError("limits.max_candidates: must be >= 1");
+  }
+  if (o.shutdown_grace_ms < 0) {
+    return absl::InvalidArgumentError(
+        "shutdown_grace_ms: must not be negative");
+  }
+  absl::Status batching = ValidateSchedulerOptions(o.scheduler);
+  if (!batching.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batching.", batching.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
+  RETURN_IF_ERROR(ValidateServeOptions(o));
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = o;
+  LoadOptions load;
+  ASSIGN_OR_RETURN(load.device, ResolveDevice(o.device, o.dtype));
+  ASSIGN_OR_RETURN(s->model_, TransformerLM::Load(o.model_dir, load));
+  if (s->model_->tokenizer() == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model_dir: ", o.model_dir, " has no tokenizer; serving needs one"));
+  }
+  s->registry_ = std::make_unique<ModuleRegistry>(s->model_);
+  for (const std::string& path : o.modules) {
+    ASSIGN_OR_RETURN(ModuleVersion v, s->registry_->Load(path));
+    (void)v;
+  }
+  s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, o.scheduler);
+  s->recommender_ = std::make_unique<RecommenderService>(
+      *s->registry_, *s->scheduler_, o.limits);
+  s->tasks_ = std::make_unique<TasksService>(*s->registry_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.listen, grpc::InsecureServerCredentials(),
+                           &s->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
+  builder.RegisterService(s->recommender_.get());
+  builder.RegisterService(s->tasks_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("listen: cannot listen on ", o.listen));
+  }
+  LOG_INFO << "serving on port " << s->port_ << " with "
+           << s->registry_->List().size() << " tasks";
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown() {
+  if (shut_down_ || server_ == nullptr) return;
+  shut_down_ = true;
+  LOG_INFO << "shutting down: finishing calls in flight (up to "
+           << options_.shutdown_grace_ms << " ms)";
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(options_.shutdown_grace_ms));
+  scheduler_->Shutdown();
+  LOG_INFO << "shut down";
+}
+
+void Server::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+}  // namespace optrec

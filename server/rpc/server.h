@@ -1,0 +1,91 @@
+// One optrec server process: the frozen backbone, the module registry, the
+// batch scheduler and the gRPC services (with standard health checking and
+// server reflection) on one listening address.
+#ifndef OPTREC_SERVER_RPC_SERVER_H_
+#define OPTREC_SERVER_RPC_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/runtime/device.h"
+#include "server/registry/module_registry.h"
+#include "server/rpc/services.h"
+#include "server/scheduler/batch_scheduler.h"
+
+namespace optrec {
+
+struct ServeOptions {
+  // host:port to listen on; port 0 picks a free one (see Server::port).
+  std::string listen = "127.0.0.1:50051";
+  // The frozen backbone (a Hugging Face model directory with a tokenizer).
+  std::string model_dir;
+  // "auto", "cpu", "cuda", "cuda:N" and "auto", "f32", "bf16", "f16".
+  std::string device = "auto";
+  std::string dtype = "auto";
+  // Module files loaded at start, each as the version its metadata records;
+  // the first version of each task becomes its default.
+  std::vector<std::string> modules;
+  SchedulerOptions scheduler;
+  RequestLimits limits;
+  // Largest request or response message, in bytes.
+  int64_t max_message_bytes = 16 << 20;
+  // How long a graceful shutdown waits for calls in flight, in ms.
+  int64_t shutdown_grace_ms = 10000;
+};
+
+// Reads a JSON configuration object: every ServeOptions field under its
+// name ("listen", "model_dir", "device", "dtype", "modules",
+// "max_message_bytes", "shutdown_grace_ms"), the scheduler's
+// under "batching" ("max_batch_rows", "max_batch_tokens",
+// "max_queue_delay_us", "max_queued_rows", "runner_threads") and the
+// request limits under "limits" ("max_candidates"). Fields left out keep
+// the values in `options`. InvalidArgument naming the field for unknown
+// fields and values of the wrong type.
+absl::Status ApplyServeConfig(const nlohmann::json& config,
+                              ServeOptions* options);
+
+// InvalidArgument naming the field for options that cannot serve.
+absl::Status ValidateServeOptions(const ServeOptions& options);
+
+class Server {
+ public:
+  // Loads the model and modules and starts listening. Errors name the
+  // model, module or address that failed; nothing is left listening.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServeOptions& options);
+  ~Server();
+
+  // The port actually bound.
+  int port() const { return port_; }
+  ModuleRegistry& registry() { return *registry_; }
+  const BatchScheduler& scheduler() const { return *scheduler_; }
+
+  // Stops accepting calls, lets those in flight finish for up to the grace
+  // period (then cancels them), drains the scheduler. Idempotent.
+  void Shutdown();
+  // Blocks until Shutdown has completed.
+  void Wait();
+
+ private:
+  Server() = default;
+
+  ServeOptions options_;
+  std::shared_ptr<const TransformerLM> model_;
+  std::unique_ptr<ModuleRegistry> registry_;
+  std::unique_ptr<BatchScheduler> scheduler_;
+  std::unique_ptr<RecommenderService> recommender_;
+  std::unique_ptr<TasksService> tasks_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace optrec
+
+#endif  // OPTREC_SERVER_RPC_SERVER_H_

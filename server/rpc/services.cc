@@ -1,0 +1,286 @@
+#include "server/rpc/services.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/tokenizer/utf8.h"
+#include "core/util/status_macros.h"
+
+namespace optrec {
+namespace {
+
+// Ends a unary call at once with `status`.
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+// Request fields as template fields; InvalidArgument naming `where` and the
+// field for text that is not UTF-8 (proto3 strings normally are, but the
+// wire does not guarantee it to every client's encoder).
+absl::Status AddFields(const google::protobuf::Map<std::string, v1::Field>& in,
+                       const std::string& where, FieldMap* out) {
+  for (const auto& [name, field] : in) {
+    FieldValue v;
+    auto check = [&](const std::string& text) -> absl::Status {
+      absl::Status ok = utf8::CheckEncodable(text);
+      if (!ok.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".", name, ": ", ok.message()));
+      }
+      return absl::OkStatus();
+    };
+    if (field.has_list()) {
+      v.is_list = true;
+      for (const std::string& item : field.list().items()) {
+        RETURN_IF_ERROR(check(item));
+        v.list.push_back(item);
+      }
+    } else {
+      RETURN_IF_ERROR(check(field.text()));
+      v.text = field.text();
+    }
+    (*out)[name] = std::move(v);
+  }
+  return absl::OkStatus();
+}
+
+// The module serving the request, checked for the RPC's kind.
+absl::StatusOr<ModuleVersion> ResolveFor(const ModuleRegistry& registry,
+                                         const std::string& task,
+                                         const std::string& version,
+                                         TaskKind kind, const char* rpc) {
+  if (task.empty()) return absl::InvalidArgumentError("task: required");
+  ASSIGN_OR_RETURN(ModuleVersion v, registry.Resolve(task, version));
+  if (v.module->spec().kind != kind) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task: ", task, " is a ", TaskKindName(v.module->spec().kind),
+        " task; ", rpc, " serves ", TaskKindName(kind), " tasks"));
+  }
+  return v;
+}
+
+// The template a request names (empty = the first training template).
+absl::StatusOr<const TaskTemplate*> PickTemplate(const TaskSpec& spec,
+                                                 const std::string& name) {
+  if (name.empty()) return &spec.templates[spec.TrainingTemplates()[0]];
+  absl::StatusOr<size_t> index = spec.TemplateIndex(name);
+  if (!index.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("template: ", index.status().message()));
+  }
+  return &spec.templates[*index];
+}
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+RecommenderService::RecommenderService(const ModuleRegistry& registry,
+                                       BatchScheduler& scheduler,
+                                       RequestLimits limits)
+    : registry_(registry), scheduler_(scheduler), limits_(limits) {}
+
+grpc::ServerUnaryReactor* RecommenderService::Score(
+    grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
+    v1::ScoreResponse* response) {
+  absl::StatusOr<ModuleVersion> v =
+      ResolveFor(registry_, request->task(), request->version(),
+                 TaskKind::kScore, "Score");
+  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  const int64_t n = request->candidates_size();
+  if (n == 0 || n > limits_.max_candidates) {
+    return FinishNow(
+        context,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("candidates: ", n, " given; between 1 and ",
+                                  limits_.max_candidates, " are allowed")));
+  }
+  const TaskSpec& spec = v->module->spec();
+  absl::StatusOr<const TaskTemplate*> t =
+      PickTemplate(spec, request->template_());
+  if (!t.ok()) return FinishNow(context, ToGrpcStatus(t.status()));
+
+  // One row per candidate: the context's fields joined by its own.
+  FieldMap context_fields;
+  absl::Status fields =
+      AddFields(request->context(), "context", &context_fields);
+  if (!fields.ok()) return FinishNow(context, ToGrpcStatus(fields));
+  InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
+  BatchRequest batch;
+  batch.module = v->module;
+  batch.output = RowOutput::kOptionProbabilities;
+  batch.deadline = DeadlineOf(*context);
+  batch.cancelled = [context] { return context->IsCancelled(); };
+  for (int64_t i = 0; i < n; ++i) {
+    Example e;
+    e.fields = context_fields;
+    const std::string where = absl::StrCat("candidates[", i, "]");
+    absl::Status own =
+        AddFields(request->candidates(i).fields(), where, &e.fields);
+    absl::StatusOr<EncodedInput> in = own.ok()
+                                          ? encoder.EncodeWith(**t, e)
+                                          : absl::StatusOr<EncodedInput>(own);
+    if (!in.ok()) {
+      return FinishNow(
+          context,
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat(where, ": ", in.status().message())));
+    }
+    batch.rows.push_back(*std::move(in));
+  }
+
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_task(v->task);
+  response->set_version(v->version);
+  std::vector<double> labels;
+  for (const TaskOption& o : spec.options) {
+    response->add_option_labels(o.label);
+    labels.push_back(o.label);
+  }
+  const int positive = spec.OptionIndex(spec.positive_label);
+  scheduler_.Submit(
+      std::move(batch), [reactor, response, request, labels,
+                         positive](absl::StatusOr<BatchResult> result) {
+        if (!result.ok()) {
+          reactor->Finish(ToGrpcStatus(result.status()));
+          return;
+        }
+        for (size_t i = 0; i < result->size(); ++i) {
+          v1::CandidateScore* s = response->add_scores();
+          s->set_id(request->candidates(static_cast<int>(i)).id());
+          const std::vector<float>& p = (*result)[i];
+          double score = 0;
+          for (size_t c = 0; c < p.size(); ++c) {
+            s->add_probabilities(p[c]);
+            score += p[c] * labels[c];
+          }
+          // Two options rank by the positive one's probability.
+          if (p.size() == 2 && positive >= 0) score = p[positive];
+          s->set_score(static_cast<float>(score));
+        }
+        reactor->Finish(grpc::Status::OK);
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RecommenderService::Embed(
+    grpc::CallbackServerContext* context, const v1::EmbedRequest* request,
+    v1::EmbedResponse* response) {
+  absl::StatusOr<ModuleVersion> v =
+      ResolveFor(registry_, request->task(), request->version(),
+                 TaskKind::kRetrieve, "Embed");
+  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  const TaskSpec& spec = v->module->spec();
+  const bool item = request->tower() == v1::EmbedRequest::ITEM;
+  const TaskTemplate* t = &spec.item_template;
+  if (!item) {
+    absl::StatusOr<const TaskTemplate*> picked =
+        PickTemplate(spec, request->template_());
+    if (!picked.ok()) return FinishNow(context, ToGrpcStatus(picked.status()));
+    t = *picked;
+  }
+  Example e;
+  absl::Status fields = AddFields(request->fields(), "fields", &e.fields);
+  InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
+  absl::StatusOr<EncodedInput> in = fields.ok()
+                                        ? encoder.EncodeWith(*t, e)
+                                        : absl::StatusOr<EncodedInput>(fields);
+  if (!in.ok()) {
+    return FinishNow(
+        context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("fields: ", in.status().message())));
+  }
+  BatchRequest batch;
+  batch.module = v->module;
+  batch.output = item ? RowOutput::kItemEmbedding : RowOutput::kUserEmbedding;
+  batch.deadline = DeadlineOf(*context);
+  batch.cancelled = [context] { return context->IsCancelled(); };
+  batch.rows.push_back(*std::move(in));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_task(v->task);
+  response->set_version(v->version);
+  scheduler_.Submit(std::move(batch),
+                    [reactor, response](absl::StatusOr<BatchResult> result) {
+                      if (result.ok()) {
+                        for (float x : (*result)[0]) response->add_embedding(x);
+                      }
+                      reactor->Finish(ToGrpcStatus(result.status()));
+                    });
+  return reactor;
+}
+
+TasksService::TasksService(ModuleRegistry& registry) : registry_(registry) {}
+
+grpc::ServerUnaryReactor* TasksService::ListTasks(
+    grpc::CallbackServerContext* context, const v1::ListTasksRequest*,
+    v1::ListTasksResponse* response) {
+  for (const TaskListing& t : registry_.List()) {
+    v1::TaskInfo* info = response->add_tasks();
+    info->set_task(t.task);
+    info->set_kind(TaskKindName(t.kind));
+    info->set_default_version(t.default_version);
+    for (const auto& [version, meta] : t.versions) {
+      v1::ModuleVersionInfo* v = info->add_versions();
+      v->set_version(version);
+      v->set_method(meta.value("method", ""));
+      v->set_path(meta.value("path", ""));
+      v->set_parameters(meta.value("parameters", int64_t{0}));
+      v->set_metadata_json(meta.dump());
+    }
+  }
+  return FinishNow(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* TasksService::LoadModule(
+    grpc::CallbackServerContext* context, const v1::LoadModuleRequest* request,
+    v1::LoadModuleResponse* response) {
+  if (request->path().empty()) {
+    return FinishNow(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                           "path: required"));
+  }
+  absl::StatusOr<ModuleVersion> v =
+      registry_.Load(request->path(), request->version());
+  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (request->make_default()) {
+    absl::Status promoted = registry_.SetDefault(v->task, v->version);
+    if (!promoted.ok()) return FinishNow(context, ToGrpcStatus(promoted));
+  }
+  response->set_task(v->task);
+  response->set_version(v->version);
+  absl::StatusOr<ModuleVersion> current = registry_.Resolve(v->task);
+  response->set_is_default(current.ok() && current->version == v->version);
+  return FinishNow(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* TasksService::SetDefault(
+    grpc::CallbackServerContext* context, const v1::SetDefaultRequest* request,
+    v1::SetDefaultResponse*) {
+  return FinishNow(context, ToGrpcStatus(registry_.SetDefault(
+                                request->task(), request->version())));
+}
+
+grpc::ServerUnaryReactor* TasksService::UnloadModule(
+    grpc::CallbackServerContext* context,
+    const v1::UnloadModuleRequest* request, v1::UnloadModuleResponse*) {
+  return FinishNow(context, ToGrpcStatus(registry_.Unload(request->task(),
+                                                          request->version())));
+}
+
+}  // namespace optrec

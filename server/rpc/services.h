@@ -1,0 +1,82 @@
+// The gRPC services of proto/optrec/v1/optrec.proto over a module registry
+// and a batch scheduler: Recommender (Score, Embed) renders each request's
+// fields with the task module's templates and queues the rows on the
+// scheduler; Tasks (admin) loads, promotes and unloads module versions.
+// Both use gRPC's callback API: no thread waits for a batch.
+//
+// Status codes: NOT_FOUND for an unknown task, version or template;
+// INVALID_ARGUMENT naming the field for a bad request (no or too many
+// candidates, a missing template field, text that is not UTF-8, a task of
+// the wrong kind for the RPC); RESOURCE_EXHAUSTED when the scheduler's
+// queue is full; DEADLINE_EXCEEDED / CANCELLED when the call ended before
+// its rows ran; INTERNAL when a batch failed.
+#ifndef OPTREC_SERVER_RPC_SERVICES_H_
+#define OPTREC_SERVER_RPC_SERVICES_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "optrec/v1/optrec.grpc.pb.h"
+#include "server/registry/module_registry.h"
+#include "server/scheduler/batch_scheduler.h"
+
+namespace optrec {
+
+struct RequestLimits {
+  // Most candidates one Score request may carry.
+  int64_t max_candidates = 1000;
+};
+
+// The gRPC status carrying `status`'s code and message (absl and gRPC share
+// the canonical code numbers).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class RecommenderService final : public v1::Recommender::CallbackService {
+ public:
+  // Borrows the registry and scheduler, which must outlive the service.
+  RecommenderService(const ModuleRegistry& registry, BatchScheduler& scheduler,
+                     RequestLimits limits);
+
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const v1::ScoreRequest* request,
+                                  v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
+                                  const v1::EmbedRequest* request,
+                                  v1::EmbedResponse* response) override;
+
+ private:
+  const ModuleRegistry& registry_;
+  BatchScheduler& scheduler_;
+  const RequestLimits limits_;
+};
+
+class TasksService final : public v1::Tasks::CallbackService {
+ public:
+  explicit TasksService(ModuleRegistry& registry);
+
+  grpc::ServerUnaryReactor* ListTasks(grpc::CallbackServerContext* context,
+                                      const v1::ListTasksRequest* request,
+                                      v1::ListTasksResponse* response) override;
+  grpc::ServerUnaryReactor* LoadModule(
+      grpc::CallbackServerContext* context,
+      const v1::LoadModuleRequest* request,
+      v1::LoadModuleResponse* response) override;
+  grpc::ServerUnaryReactor* SetDefault(
+      grpc::CallbackServerContext* context,
+      const v1::SetDefaultRequest* request,
+      v1::SetDefaultResponse* response) override;
+  grpc::ServerUnaryReactor* UnloadModule(
+      grpc::CallbackServerContext* context,
+      const v1::UnloadModuleRequest* request,
+      v1::UnloadModuleResponse* response) override;
+
+ private:
+  ModuleRegistry& registry_;
+};
+
+}  // namespace optrec
+
+#endif  // OPTREC_SERVER_RPC_SERVICES_H_

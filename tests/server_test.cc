@@ -1,0 +1,406 @@
+// The gRPC service in process: Score and Embed against the modules'
+// own computation, every admin RPC, health checking, errors naming the
+// field, overload, hot swaps under load, and many concurrent clients.
+#include "server/rpc/server.h"
+
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/testlib/tiny_models.h"
+#include "tests/testlib/tuning_fixture.h"
+#include "tuning/tune/task_batch.h"
+
+namespace optrec {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string WriteModule(const std::string& kind, const std::string& version,
+                        uint64_t seed) {
+  auto model = LoadFixtureModel();
+  auto spec = ParseTaskSpec(TestSpec(kind), kind);
+  auto task = MakeTaskContext(*spec, *model, SharedTuningFixture().world);
+  auto module = PromptModule::Create(*spec, TuningMethod::kOptionAdapter,
+                                     *model, *(*task)->encoder, seed);
+  EXPECT_TRUE(module.ok()) << module.status();
+  torch::manual_seed(seed);
+  PromptModule::Named values;
+  for (const auto& [name, t] : (*module)->NamedTensors()) {
+    values.emplace_back(name, torch::randn(t.sizes()) * 0.2);
+  }
+  EXPECT_TRUE((*module)->CopyFrom(values).ok());
+  (*module)->info()["version"] = version;
+  const std::string path = absl::StrCat(MakeTempDir("module"), "/", spec->task,
+                                        ".", version, ".safetensors");
+  EXPECT_TRUE((*module)->Save(path).ok());
+  return path;
+}
+
+v1::Field Text(const std::string& s) {
+  v1::Field f;
+  f.set_text(s);
+  return f;
+}
+
+v1::Field List(const std::vector<std::string>& items) {
+  v1::Field f;
+  for (const std::string& s : items) f.mutable_list()->add_items(s);
+  return f;
+}
+
+v1::ScoreRequest ScoreRequestFor(int candidates,
+                                 const std::string& task = "ctr") {
+  v1::ScoreRequest r;
+  r.set_task(task);
+  (*r.mutable_context())["profile"] = Text("Shopper aged 25-34 from the North");
+  (*r.mutable_context())["history"] =
+      List({"Clicked: Northpeak trail running shoes, red", "Searched: socks"});
+  for (int i = 0; i < candidates; ++i) {
+    v1::Candidate* c = r.add_candidates();
+    c->set_id(absl::StrCat("item", i));
+    (*c->mutable_fields())["candidate"] =
+        Text(absl::StrCat("Velocia running socks, size ", i,
+                          " | Sports & Outdoors > Running | budget"));
+  }
+  return r;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServeOptions o;
+    o.listen = "127.0.0.1:0";
+    o.model_dir = SharedTuningFixture().model;
+    o.modules = {WriteModule("score", "v1", 1),
+                 WriteModule("retrieve", "r1", 2)};
+    o.scheduler.max_queue_delay_us = 500;
+    o.limits.max_candidates = 50;
+    Start(o);
+  }
+  void Start(const ServeOptions& o) {
+    auto s = Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    recommender_ = v1::Recommender::NewStub(channel_);
+    tasks_ = v1::Tasks::NewStub(channel_);
+  }
+  grpc::Status Score(const v1::ScoreRequest& r, v1::ScoreResponse* out) {
+    grpc::ClientContext context;
+    return recommender_->Score(&context, r, out);
+  }
+
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Recommender::Stub> recommender_;
+  std::unique_ptr<v1::Tasks::Stub> tasks_;
+};
+
+// What the module computes for one candidate alone.
+std::vector<float> Direct(Server& server, const v1::ScoreRequest& r, int i) {
+  auto v = server.registry().Resolve(r.task(), r.version());
+  EXPECT_TRUE(v.ok());
+  const TaskSpec& spec = v->module->spec();
+  InputEncoder encoder(spec, *server.registry().model().tokenizer(), nullptr);
+  Example e;
+  for (const auto& [k, f] : r.context()) {
+    e.fields[k].is_list = f.has_list();
+    e.fields[k].text = f.text();
+    for (const auto& x : f.list().items()) e.fields[k].list.push_back(x);
+  }
+  e.fields["candidate"].text = r.candidates(i).fields().at("candidate").text();
+  auto in = encoder.EncodeWith(spec.templates[0], e);
+  EXPECT_TRUE(in.ok());
+  torch::NoGradGuard no_grad;
+  ForwardOptions options;
+  options.logits = ForwardOptions::Logits::kNone;
+  auto out = server.registry().model().Forward({v->module->MakeRow(*in, false)},
+                                               nullptr, options);
+  torch::Tensor h = out->hidden[0][out->lengths[0] - 1].unsqueeze(0);
+  torch::Tensor p = torch::softmax(v->module->OptionLogits(h), -1)[0];
+  return {p[0].item<float>(), p[1].item<float>()};
+}
+
+TEST_F(ServerTest, ScoreReturnsEachCandidatesOptionProbabilities) {
+  const v1::ScoreRequest r = ScoreRequestFor(5);
+  v1::ScoreResponse out;
+  grpc::Status s = Score(r, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(out.task(), "ctr");
+  EXPECT_EQ(out.version(), "v1");
+  ASSERT_EQ(out.scores_size(), 5);
+  EXPECT_EQ(out.option_labels_size(), 2);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(out.scores(i).id(), absl::StrCat("item", i));
+    const std::vector<float> want = Direct(*server_, r, i);
+    EXPECT_NEAR(out.scores(i).probabilities(0), want[0], 1e-5);
+    EXPECT_NEAR(out.scores(i).probabilities(1), want[1], 1e-5);
+    EXPECT_FLOAT_EQ(out.scores(i).score(), out.scores(i).probabilities(1));
+  }
+}
+
+TEST_F(ServerTest, EmbedGivesUnitVectorsFromEitherTower) {
+  for (auto tower : {v1::EmbedRequest::USER, v1::EmbedRequest::ITEM}) {
+    v1::EmbedRequest r;
+    r.set_task("next_click");
+    r.set_tower(tower);
+    (*r.mutable_fields())["profile"] = Text("Shopper aged 25-34");
+    (*r.mutable_fields())["history"] = List({"Clicked: a lamp"});
+    (*r.mutable_fields())["text"] = Text("Lumiere desk lamp | Home | budget");
+    grpc::ClientContext context;
+    v1::EmbedResponse out;
+    grpc::Status s = recommender_->Embed(&context, r, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(out.version(), "r1");
+    ASSERT_EQ(out.embedding_size(), 8);
+    double norm = 0;
+    for (float x : out.embedding()) norm += x * x;
+    EXPECT_NEAR(norm, 1.0, 1e-5);
+  }
+}
+
+TEST_F(ServerTest, BadRequestsNameTheFieldAndTheServerStaysUp) {
+  v1::ScoreResponse out;
+  auto expect = [&](const v1::ScoreRequest& r, grpc::StatusCode code,
+                    const std::string& text) {
+    grpc::Status s = Score(r, &out);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(text));
+  };
+  expect(ScoreRequestFor(0), grpc::StatusCode::INVALID_ARGUMENT,
+         "candidates: 0 given");
+  expect(ScoreRequestFor(51), grpc::StatusCode::INVALID_ARGUMENT,
+         "between 1 and 50");
+  expect(ScoreRequestFor(1, "nope"), grpc::StatusCode::NOT_FOUND,
+         "no task nope");
+  v1::ScoreRequest r = ScoreRequestFor(1);
+  r.set_version("v9");
+  expect(r, grpc::StatusCode::NOT_FOUND, "has no version v9");
+  expect(ScoreRequestFor(1, "next_click"), grpc::StatusCode::INVALID_ARGUMENT,
+         "is a retrieve task; Score serves score tasks");
+  r = ScoreRequestFor(1);
+  r.mutable_context()->erase("history");
+  expect(r, grpc::StatusCode::INVALID_ARGUMENT, "{history}, which is missing");
+  r = ScoreRequestFor(1);
+  r.set_template_("nope");
+  expect(r, grpc::StatusCode::NOT_FOUND, "template:");
+  // Still serving.
+  ASSERT_TRUE(Score(ScoreRequestFor(2), &out).ok());
+}
+
+// grpc.health.v1.Health/Check with an empty request (the whole server),
+// as raw bytes: the response is field 1 (status) = SERVING (1), which is
+// the two bytes 0x08 0x01 on the wire, or NOT_SERVING (2): 0x08 0x02.
+std::string HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty("");
+  request = grpc::ByteBuffer(&empty, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", {}, &request,
+                 &response, [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  if (!status.ok()) return "error: " + status.error_message();
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return bytes;
+}
+
+TEST_F(ServerTest, HealthCheckingAndAdminRpcs) {
+  EXPECT_EQ(HealthCheck(channel_), std::string("\x08\x01", 2));
+  grpc::ClientContext list_context;
+  v1::ListTasksResponse listed;
+  ASSERT_TRUE(tasks_->ListTasks(&list_context, {}, &listed).ok());
+  ASSERT_EQ(listed.tasks_size(), 2);
+  EXPECT_EQ(listed.tasks(0).task(), "ctr");
+  EXPECT_EQ(listed.tasks(0).default_version(), "v1");
+
+  // Load v2 as the default; Score now says v2.
+  v1::LoadModuleRequest load;
+  load.set_path(WriteModule("score", "v2", 9));
+  load.set_make_default(true);
+  grpc::ClientContext load_context;
+  v1::LoadModuleResponse loaded;
+  ASSERT_TRUE(tasks_->LoadModule(&load_context, load, &loaded).ok());
+  EXPECT_TRUE(loaded.is_default());
+  v1::ScoreResponse out;
+  ASSERT_TRUE(Score(ScoreRequestFor(1), &out).ok());
+  EXPECT_EQ(out.version(), "v2");
+
+  // The same version again is refused; a bad file leaves things as they were.
+  grpc::ClientContext again;
+  EXPECT_EQ(tasks_->LoadModule(&again, load, &loaded).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  v1::LoadModuleRequest bad;
+  bad.set_path(SharedTuningFixture().model + "/model.safetensors");
+  grpc::ClientContext bad_context;
+  EXPECT_EQ(tasks_->LoadModule(&bad_context, bad, &loaded).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::SetDefaultRequest promote;
+  promote.set_task("ctr");
+  promote.set_version("v1");
+  grpc::ClientContext promote_context;
+  v1::SetDefaultResponse promoted;
+  ASSERT_TRUE(tasks_->SetDefault(&promote_context, promote, &promoted).ok());
+  v1::UnloadModuleRequest unload;
+  unload.set_task("ctr");
+  unload.set_version("v2");
+  grpc::ClientContext unload_context;
+  v1::UnloadModuleResponse unloaded;
+  ASSERT_TRUE(tasks_->UnloadModule(&unload_context, unload, &unloaded).ok());
+  ASSERT_TRUE(Score(ScoreRequestFor(1), &out).ok());
+  EXPECT_EQ(out.version(), "v1");
+}
+
+TEST_F(ServerTest, HotSwapUnderLoadFailsNoRequest) {
+  std::atomic<bool> done{false};
+  std::atomic<int> failures{0}, calls{0};
+  std::set<std::string> seen;
+  absl::Mutex mu;
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      auto stub = v1::Recommender::NewStub(channel_);
+      while (!done.load()) {
+        grpc::ClientContext context;
+        v1::ScoreResponse out;
+        grpc::Status s = stub->Score(&context, ScoreRequestFor(3), &out);
+        if (!s.ok()) ++failures;
+        ++calls;
+        absl::MutexLock lock(&mu);
+        seen.insert(out.version());
+      }
+    });
+  }
+  for (int i = 2; i <= 4; ++i) {
+    v1::LoadModuleRequest load;
+    load.set_path(WriteModule("score", absl::StrCat("v", i), 20 + i));
+    load.set_make_default(true);
+    grpc::ClientContext context;
+    v1::LoadModuleResponse loaded;
+    ASSERT_TRUE(tasks_->LoadModule(&context, load, &loaded).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  done = true;
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(calls.load(), 4);
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(seen.count("v4")) << "the last default never served";
+}
+
+TEST_F(ServerTest, ConcurrentClientsGetWhatOneAtATimeGets) {
+  std::vector<v1::ScoreRequest> requests;
+  for (int i = 1; i <= 8; ++i) requests.push_back(ScoreRequestFor(i));
+  std::vector<v1::ScoreResponse> alone(requests.size()),
+      together(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(Score(requests[i], &alone[i]).ok());
+  }
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    clients.emplace_back([&, i] {
+      auto stub = v1::Recommender::NewStub(channel_);
+      grpc::ClientContext context;
+      EXPECT_TRUE(stub->Score(&context, requests[i], &together[i]).ok());
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_EQ(together[i].scores_size(), alone[i].scores_size());
+    for (int c = 0; c < alone[i].scores_size(); ++c) {
+      EXPECT_NEAR(together[i].scores(c).score(), alone[i].scores(c).score(),
+                  2e-5);
+    }
+  }
+}
+
+class OverloadTest : public ServerTest {
+ protected:
+  void SetUp() override {
+    ServeOptions o;
+    o.listen = "127.0.0.1:0";
+    o.model_dir = SharedTuningFixture().model;
+    o.modules = {WriteModule("score", "v1", 1)};
+    o.scheduler.max_batch_rows = 4;
+    o.scheduler.max_queued_rows = 4;
+    o.scheduler.max_queue_delay_us = 60'000'000;  // only full batches run
+    Start(o);
+  }
+};
+
+TEST_F(OverloadTest, PastTheQueueBoundCallsAreRefusedThenServedAgain) {
+  // Three rows wait for a full batch.
+  v1::ScoreResponse first;
+  grpc::ClientContext first_context;
+  grpc::Status first_status;
+  std::atomic<bool> first_done{false};
+  const v1::ScoreRequest first_request = ScoreRequestFor(3);
+  recommender_->async()->Score(&first_context, &first_request, &first,
+                               [&](grpc::Status s) {
+                                 first_status = s;
+                                 first_done = true;
+                               });
+  while (server_->scheduler().queued_rows() < 3) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  v1::ScoreResponse out;
+  grpc::Status refused = Score(ScoreRequestFor(3), &out);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // One more row fills the batch: both are served, and so is the next.
+  ASSERT_TRUE(Score(ScoreRequestFor(1), &out).ok());
+  while (!first_done.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(first_status.ok()) << first_status.error_message();
+  EXPECT_EQ(first.scores_size(), 3);
+}
+
+TEST(ServerConfigTest, ConfigFieldsAreCheckedByName) {
+  ServeOptions o;
+  EXPECT_TRUE(ApplyServeConfig({{"listen", "0.0.0.0:1"},
+                                {"batching", {{"max_batch_rows", 8}}},
+                                {"limits", {{"max_candidates", 10}}}},
+                               &o)
+                  .ok());
+  EXPECT_EQ(o.listen, "0.0.0.0:1");
+  EXPECT_EQ(o.scheduler.max_batch_rows, 8);
+  EXPECT_THAT(
+      std::string(
+          ApplyServeConfig({{"batching", {{"max_rows", 8}}}}, &o).message()),
+      HasSubstr("unknown field 'batching.max_rows'"));
+  EXPECT_THAT(std::string(ApplyServeConfig({{"listen", 5}}, &o).message()),
+              HasSubstr("'listen' has the wrong type"));
+  o.model_dir = "m";
+  o.scheduler.max_queued_rows = 1;
+  EXPECT_THAT(std::string(ValidateServeOptions(o).message()),
+              HasSubstr("batching.max_queued_rows"));
+}
+
+}  // namespace
+}  // namespace optrec
