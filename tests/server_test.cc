@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "server/index/item_index.h"
 #include "tests/testlib/tiny_models.h"
 #include "tests/testlib/tuning_fixture.h"
 #include "tuning/tune/task_batch.h"
@@ -82,6 +83,13 @@ class ServerTest : public ::testing::Test {
     o.model_dir = SharedTuningFixture().model;
     o.modules = {WriteModule("score", "v1", 1),
                  WriteModule("retrieve", "r1", 2)};
+    // The retrieval module's index over the fixture world's catalog.
+    IndexBuildOptions index;
+    index.module_path = o.modules[1];
+    index.catalog_path = SharedTuningFixture().world + "/catalog.jsonl";
+    index.out_dir = MakeTempDir("index") + "/r1";
+    ASSERT_TRUE(ItemIndex::Build(*LoadFixtureModel(), index).ok());
+    o.indexes = {index.out_dir};
     o.scheduler.max_queue_delay_us = 500;
     o.limits.max_candidates = 50;
     Start(o);
@@ -167,6 +175,46 @@ TEST_F(ServerTest, EmbedGivesUnitVectorsFromEitherTower) {
     for (float x : out.embedding()) norm += x * x;
     EXPECT_NEAR(norm, 1.0, 1e-5);
   }
+}
+
+TEST_F(ServerTest, RetrieveReturnsTheTopItemsOfTheVersionsIndex) {
+  v1::RetrieveRequest r;
+  r.set_task("next_click");
+  r.set_k(5);
+  (*r.mutable_context())["profile"] = Text("Shopper aged 25-34");
+  (*r.mutable_context())["history"] = List({"Clicked: a lamp"});
+  grpc::ClientContext context;
+  v1::RetrieveResponse out;
+  grpc::Status s = recommender_->Retrieve(&context, r, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(out.version(), "r1");
+  ASSERT_EQ(out.items_size(), 5);
+  for (int i = 1; i < 5; ++i) {
+    EXPECT_GE(out.items(i - 1).score(), out.items(i).score());
+  }
+  // Excluding the best item moves the second up.
+  r.add_exclude(out.items(0).id());
+  grpc::ClientContext again;
+  v1::RetrieveResponse without;
+  ASSERT_TRUE(recommender_->Retrieve(&again, r, &without).ok());
+  EXPECT_EQ(without.items(0).id(), out.items(1).id());
+
+  r.set_k(0);
+  grpc::ClientContext zero;
+  EXPECT_EQ(recommender_->Retrieve(&zero, r, &without).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // A version with no index loaded.
+  v1::LoadModuleRequest load;
+  load.set_path(WriteModule("retrieve", "r2", 5));
+  grpc::ClientContext load_context;
+  v1::LoadModuleResponse loaded;
+  ASSERT_TRUE(tasks_->LoadModule(&load_context, load, &loaded).ok());
+  r.set_k(3);
+  r.set_version("r2");
+  grpc::ClientContext missing;
+  grpc::Status no_index = recommender_->Retrieve(&missing, r, &without);
+  EXPECT_EQ(no_index.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(no_index.error_message(), HasSubstr("no retrieval index"));
 }
 
 TEST_F(ServerTest, BadRequestsNameTheFieldAndTheServerStaysUp) {

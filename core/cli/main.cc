@@ -48,6 +48,7 @@ constexpr Command kCommands[] = {
 #endif
 #ifdef OPTREC_WITH_SERVER
     {"serve", "serve task modules over gRPC", optrec::RunServe},
+    {"index", "build a retrieval index of a catalog", optrec::RunIndex},
 #endif
 };
 

@@ -7,6 +7,8 @@ namespace optrec {
 
 // optrec serve: the gRPC service until SIGTERM or SIGINT.
 int RunServe(int argc, char** argv);
+// optrec index build: a FAISS retrieval index of a catalog.
+int RunIndex(int argc, char** argv);
 
 }  // namespace optrec
 

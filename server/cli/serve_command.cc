@@ -39,6 +39,8 @@ Args ServeArgs() {
           {"config", "JSON configuration file"},
           {"model", "the frozen backbone (model_dir)"},
           {"module", "a module file to load at start", true, true},
+          {"index", "a retrieval index folder to load (optrec index build)",
+           true, true},
           {"listen", "host:port", true, false, d.listen},
           {"device", "auto, cpu, cuda or cuda:N", true, false, d.device},
           {"dtype", "auto, f32, bf16 or f16", true, false, d.dtype},
@@ -65,6 +67,7 @@ absl::StatusOr<ServeOptions> OptionsFrom(const Args& args) {
   }
   if (args.Has("model")) o.model_dir = args.Get("model");
   if (args.Has("module")) o.modules = args.GetAll("module");
+  if (args.Has("index")) o.indexes = args.GetAll("index");
   if (args.Has("listen") || o.listen.empty()) o.listen = args.Get("listen");
   if (args.Has("device")) o.device = args.Get("device");
   if (args.Has("dtype")) o.dtype = args.Get("dtype");

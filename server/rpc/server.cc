@@ -66,18 +66,21 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
   RETURN_IF_ERROR(Read(c, "dtype", "", &o->dtype));
   RETURN_IF_ERROR(Read(c, "max_message_bytes", "", &o->max_message_bytes));
   RETURN_IF_ERROR(Read(c, "shutdown_grace_ms", "", &o->shutdown_grace_ms));
-  if (c.contains("modules")) {
-    if (!c["modules"].is_array()) {
+  for (const char* key : {"modules", "indexes"}) {
+    if (!c.contains(key)) continue;
+    std::vector<std::string>* out =
+        std::string(key) == "modules" ? &o->modules : &o->indexes;
+    if (!c[key].is_array()) {
       return absl::InvalidArgumentError(
-          "config: field 'modules' must be a list of module files");
+          absl::StrCat("config: field '", key, "' must be a list of paths"));
     }
-    o->modules.clear();
-    for (const Json& m : c["modules"]) {
+    out->clear();
+    for (const Json& m : c[key]) {
       if (!m.is_string()) {
         return absl::InvalidArgumentError(
-            "config: field 'modules' must hold file paths");
+            absl::StrCat("config: field '", key, "' must hold paths"));
       }
-      o->modules.push_back(m.get<std::string>());
+      out->push_back(m.get<std::string>());
     }
   }
   if (c.contains("batching")) {
@@ -104,9 +107,12 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
     if (!l.is_object()) {
       return absl::InvalidArgumentError("config: 'limits' must be an object");
     }
-    RETURN_IF_ERROR(Unknown(l, "limits.", {"max_candidates"}));
+    RETURN_IF_ERROR(
+        Unknown(l, "limits.", {"max_candidates", "max_retrieve_k"}));
     RETURN_IF_ERROR(
         Read(l, "max_candidates", "limits.", &o->limits.max_candidates));
+    RETURN_IF_ERROR(
+        Read(l, "max_retrieve_k", "limits.", &o->limits.max_retrieve_k));
   }
   return absl::OkStatus();
 }
@@ -121,8 +127,9 @@ absl::Status ValidateServeOptions(const ServeOptions& o) {
         absl::StrCat("max_message_bytes: ", o.max_message_bytes,
                      " is outside [1024, 2^31 - 1]"));
   }
-  if (o.limits.max_candidates < 1) {
-    return absl::InvalidArgumentError("limits.max_candidates: must be >= 1");
+  if (o.limits.max_candidates < 1 || o.limits.max_retrieve_k < 1) {
+    return absl::InvalidArgumentError(
+        "limits.max_candidates and limits.max_retrieve_k: must be >= 1");
   }
   if (o.shutdown_grace_ms < 0) {
     return absl::InvalidArgumentError(
@@ -152,9 +159,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
     ASSIGN_OR_RETURN(ModuleVersion v, s->registry_->Load(path));
     (void)v;
   }
+  for (const std::string& dir : o.indexes) {
+    RETURN_IF_ERROR(s->indexes_.Load(dir, *s->registry_));
+    LOG_INFO << "loaded retrieval index " << dir;
+  }
   s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, o.scheduler);
   s->recommender_ = std::make_unique<RecommenderService>(
-      *s->registry_, *s->scheduler_, o.limits);
+      *s->registry_, *s->scheduler_, s->indexes_, o.limits);
   s->tasks_ = std::make_unique<TasksService>(*s->registry_);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -31,6 +31,9 @@ struct ServeOptions {
   // Module files loaded at start, each as the version its metadata records;
   // the first version of each task becomes its default.
   std::vector<std::string> modules;
+  // Retrieval index folders (optrec index build), each for the module
+  // version recorded in it, which `modules` must load.
+  std::vector<std::string> indexes;
   SchedulerOptions scheduler;
   RequestLimits limits;
   // Largest request or response message, in bytes.
@@ -40,11 +43,12 @@ struct ServeOptions {
 };
 
 // Reads a JSON configuration object: every ServeOptions field under its
-// name ("listen", "model_dir", "device", "dtype", "modules",
+// name ("listen", "model_dir", "device", "dtype", "modules", "indexes",
 // "max_message_bytes", "shutdown_grace_ms"), the scheduler's
 // under "batching" ("max_batch_rows", "max_batch_tokens",
 // "max_queue_delay_us", "max_queued_rows", "runner_threads") and the
-// request limits under "limits" ("max_candidates"). Fields left out keep
+// request limits under "limits" ("max_candidates", "max_retrieve_k").
+// Fields left out keep
 // the values in `options`. InvalidArgument naming the field for unknown
 // fields and values of the wrong type.
 absl::Status ApplyServeConfig(const nlohmann::json& config,
@@ -79,6 +83,7 @@ class Server {
   std::shared_ptr<const TransformerLM> model_;
   std::unique_ptr<ModuleRegistry> registry_;
   std::unique_ptr<BatchScheduler> scheduler_;
+  IndexSet indexes_;
   std::unique_ptr<RecommenderService> recommender_;
   std::unique_ptr<TasksService> tasks_;
   std::unique_ptr<grpc::Server> server_;

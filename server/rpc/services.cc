@@ -1,11 +1,13 @@
 #include "server/rpc/services.h"
 
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/tokenizer/utf8.h"
+#include "core/util/files.h"
 #include "core/util/status_macros.h"
 
 namespace optrec {
@@ -92,10 +94,44 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+absl::Status IndexSet::Load(const std::string& dir,
+                            const ModuleRegistry& registry) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/meta.json"));
+  const nlohmann::json meta = nlohmann::json::parse(text, nullptr, false);
+  if (!meta.is_object() || !meta.contains("task") ||
+      !meta["task"].is_string() || !meta.contains("version") ||
+      !meta["version"].is_string()) {
+    return absl::DataLossError(absl::StrCat(dir, "/meta.json is corrupt"));
+  }
+  const std::string task = meta["task"], version = meta["version"];
+  absl::StatusOr<ModuleVersion> module = registry.Resolve(task, version);
+  if (!module.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " belongs to task ", task, " version ", version,
+                     ", which is not loaded: ", module.status().message()));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ItemIndex> index,
+                   ItemIndex::Load(dir, version, module->path));
+  absl::MutexLock lock(&mu_);
+  indexes_[{task, version}] = std::move(index);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const ItemIndex> IndexSet::Find(
+    const std::string& task, const std::string& version) const {
+  absl::MutexLock lock(&mu_);
+  auto it = indexes_.find({task, version});
+  return it == indexes_.end() ? nullptr : it->second;
+}
+
 RecommenderService::RecommenderService(const ModuleRegistry& registry,
                                        BatchScheduler& scheduler,
+                                       const IndexSet& indexes,
                                        RequestLimits limits)
-    : registry_(registry), scheduler_(scheduler), limits_(limits) {}
+    : registry_(registry),
+      scheduler_(scheduler),
+      indexes_(indexes),
+      limits_(limits) {}
 
 grpc::ServerUnaryReactor* RecommenderService::Score(
     grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
@@ -223,6 +259,76 @@ grpc::ServerUnaryReactor* RecommenderService::Embed(
                       }
                       reactor->Finish(ToGrpcStatus(result.status()));
                     });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RecommenderService::Retrieve(
+    grpc::CallbackServerContext* context, const v1::RetrieveRequest* request,
+    v1::RetrieveResponse* response) {
+  absl::StatusOr<ModuleVersion> v =
+      ResolveFor(registry_, request->task(), request->version(),
+                 TaskKind::kRetrieve, "Retrieve");
+  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (request->k() < 1 || request->k() > limits_.max_retrieve_k) {
+    return FinishNow(
+        context,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("k: ", request->k(), " asked; between 1 and ",
+                                  limits_.max_retrieve_k, " are allowed")));
+  }
+  std::shared_ptr<const ItemIndex> index = indexes_.Find(v->task, v->version);
+  if (index == nullptr) {
+    return FinishNow(
+        context,
+        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("task ", v->task, " version ", v->version,
+                                  " has no retrieval index loaded")));
+  }
+  const TaskSpec& spec = v->module->spec();
+  absl::StatusOr<const TaskTemplate*> t =
+      PickTemplate(spec, request->template_());
+  if (!t.ok()) return FinishNow(context, ToGrpcStatus(t.status()));
+  Example e;
+  absl::Status fields = AddFields(request->context(), "context", &e.fields);
+  InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
+  absl::StatusOr<EncodedInput> in = fields.ok()
+                                        ? encoder.EncodeWith(**t, e)
+                                        : absl::StatusOr<EncodedInput>(fields);
+  if (!in.ok()) {
+    return FinishNow(
+        context,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("context: ", in.status().message())));
+  }
+  BatchRequest batch;
+  batch.module = v->module;
+  batch.output = RowOutput::kUserEmbedding;
+  batch.deadline = DeadlineOf(*context);
+  batch.cancelled = [context] { return context->IsCancelled(); };
+  batch.rows.push_back(*std::move(in));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_task(v->task);
+  response->set_version(v->version);
+  std::set<std::string> exclude(request->exclude().begin(),
+                                request->exclude().end());
+  const int64_t k = request->k();
+  scheduler_.Submit(std::move(batch), [reactor, response, index, exclude,
+                                       k](absl::StatusOr<BatchResult> result) {
+    if (!result.ok()) {
+      reactor->Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    absl::StatusOr<std::vector<SearchHit>> hits =
+        index->Search((*result)[0], k, exclude);
+    if (hits.ok()) {
+      for (const SearchHit& h : *hits) {
+        v1::RetrievedItem* item = response->add_items();
+        item->set_id(h.item_id);
+        item->set_score(h.score);
+      }
+    }
+    reactor->Finish(ToGrpcStatus(hits.status()));
+  });
   return reactor;
 }
 

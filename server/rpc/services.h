@@ -16,10 +16,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "optrec/v1/optrec.grpc.pb.h"
+#include "server/index/item_index.h"
 #include "server/registry/module_registry.h"
 #include "server/scheduler/batch_scheduler.h"
 
@@ -28,6 +32,27 @@ namespace optrec {
 struct RequestLimits {
   // Most candidates one Score request may carry.
   int64_t max_candidates = 1000;
+  // Most items one Retrieve request may ask for.
+  int64_t max_retrieve_k = 1000;
+};
+
+// The retrieval indexes a server holds, by (task, module version).
+// Thread-safe.
+class IndexSet {
+ public:
+  // Loads the index folder `dir` for the module version it was built by,
+  // which `registry` must hold (ItemIndex::Load checks the file's hash).
+  // Replaces an index of the same version. Errors name the folder.
+  absl::Status Load(const std::string& dir, const ModuleRegistry& registry);
+  // The index of (task, version), or null.
+  std::shared_ptr<const ItemIndex> Find(const std::string& task,
+                                        const std::string& version) const;
+
+ private:
+  mutable absl::Mutex mu_;  // guards indexes_
+  std::map<std::pair<std::string, std::string>,
+           std::shared_ptr<const ItemIndex>>
+      indexes_ ABSL_GUARDED_BY(mu_);
 };
 
 // The gRPC status carrying `status`'s code and message (absl and gRPC share
@@ -36,9 +61,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class RecommenderService final : public v1::Recommender::CallbackService {
  public:
-  // Borrows the registry and scheduler, which must outlive the service.
+  // Borrows the registry, scheduler and indexes, which must outlive the
+  // service.
   RecommenderService(const ModuleRegistry& registry, BatchScheduler& scheduler,
-                     RequestLimits limits);
+                     const IndexSet& indexes, RequestLimits limits);
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const v1::ScoreRequest* request,
@@ -46,10 +72,14 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
                                   const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override;
+  grpc::ServerUnaryReactor* Retrieve(grpc::CallbackServerContext* context,
+                                     const v1::RetrieveRequest* request,
+                                     v1::RetrieveResponse* response) override;
 
  private:
   const ModuleRegistry& registry_;
   BatchScheduler& scheduler_;
+  const IndexSet& indexes_;
   const RequestLimits limits_;
 };
 
