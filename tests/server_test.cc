@@ -82,7 +82,8 @@ class ServerTest : public ::testing::Test {
     o.listen = "127.0.0.1:0";
     o.model_dir = SharedTuningFixture().model;
     o.modules = {WriteModule("score", "v1", 1),
-                 WriteModule("retrieve", "r1", 2)};
+                 WriteModule("retrieve", "r1", 2),
+                 WriteModule("generate", "g1", 3)};
     // The retrieval module's index over the fixture world's catalog.
     IndexBuildOptions index;
     index.module_path = o.modules[1];
@@ -217,6 +218,72 @@ TEST_F(ServerTest, RetrieveReturnsTheTopItemsOfTheVersionsIndex) {
   EXPECT_THAT(no_index.error_message(), HasSubstr("no retrieval index"));
 }
 
+TEST_F(ServerTest, GenerateStreamsWhatTheModuleDecodes) {
+  v1::GenerateRequest r;
+  r.set_task("explanation");
+  r.set_max_tokens(12);
+  (*r.mutable_context())["history"] = List({"Clicked: a lamp"});
+  (*r.mutable_context())["candidate"] = Text("Lumiere desk lamp");
+  grpc::ClientContext context;
+  auto reader = recommender_->Generate(&context, r);
+  v1::GenerateResponse m;
+  std::string text, finish, version;
+  int tokens = 0, messages = 0;
+  while (reader->Read(&m)) {
+    ++messages;
+    if (!m.version().empty()) version = m.version();
+    text += m.text();
+    if (!m.finish_reason().empty()) {
+      finish = m.finish_reason();
+      tokens = m.tokens();
+    }
+  }
+  grpc::Status s = reader->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(version, "g1");
+  EXPECT_GT(messages, 1);
+  EXPECT_GT(tokens, 0);
+  EXPECT_FALSE(finish.empty());
+
+  // The same decoding done directly with the module.
+  auto v = server_->registry().Resolve("explanation");
+  ASSERT_TRUE(v.ok());
+  InputEncoder encoder(v->module->spec(),
+                       *server_->registry().model().tokenizer(), nullptr);
+  Example e;
+  e.fields["history"].is_list = true;
+  e.fields["history"].list = {"Clicked: a lamp"};
+  e.fields["candidate"].text = "Lumiere desk lamp";
+  auto in = encoder.EncodeWith(v->module->spec().templates[0], e);
+  ASSERT_TRUE(in.ok());
+  RowInput row = v->module->MakeRow(*in, false);
+  GenerationRequest direct;
+  direct.prompt_ids = row.ids;
+  direct.soft_prompt = row.prompt;
+  direct.adapter = row.adapter;
+  direct.params.max_tokens = 12;
+  auto model = LoadFixtureModel();
+  auto out = Generate(model, {direct});
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(text, (*out)[0].text);
+
+  // Wrong kind and bad sampling settings are refused.
+  r.set_task("ctr");
+  grpc::ClientContext wrong;
+  auto refused = recommender_->Generate(&wrong, r);
+  while (refused->Read(&m)) {
+  }
+  EXPECT_EQ(refused->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  r.set_task("explanation");
+  r.set_top_p(3);
+  grpc::ClientContext bad;
+  auto bad_reader = recommender_->Generate(&bad, r);
+  while (bad_reader->Read(&m)) {
+  }
+  EXPECT_EQ(bad_reader->Finish().error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServerTest, BadRequestsNameTheFieldAndTheServerStaysUp) {
   v1::ScoreResponse out;
   auto expect = [&](const v1::ScoreRequest& r, grpc::StatusCode code,
@@ -283,7 +350,7 @@ TEST_F(ServerTest, HealthCheckingAndAdminRpcs) {
   grpc::ClientContext list_context;
   v1::ListTasksResponse listed;
   ASSERT_TRUE(tasks_->ListTasks(&list_context, {}, &listed).ok());
-  ASSERT_EQ(listed.tasks_size(), 2);
+  ASSERT_EQ(listed.tasks_size(), 3);
   EXPECT_EQ(listed.tasks(0).task(), "ctr");
   EXPECT_EQ(listed.tasks(0).default_version(), "v1");
 

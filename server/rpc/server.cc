@@ -102,6 +102,18 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
         Read(b, "max_queued_rows", "batching.", &s.max_queued_rows));
     RETURN_IF_ERROR(Read(b, "runner_threads", "batching.", &s.runner_threads));
   }
+  if (c.contains("generation")) {
+    const Json& g = c["generation"];
+    if (!g.is_object()) {
+      return absl::InvalidArgumentError(
+          "config: 'generation' must be an object");
+    }
+    RETURN_IF_ERROR(Unknown(g, "generation.", {"max_active", "max_queued"}));
+    RETURN_IF_ERROR(
+        Read(g, "max_active", "generation.", &o->generation.max_active));
+    RETURN_IF_ERROR(
+        Read(g, "max_queued", "generation.", &o->generation.max_queued));
+  }
   if (c.contains("limits")) {
     const Json& l = c["limits"];
     if (!l.is_object()) {
@@ -135,6 +147,11 @@ absl::Status ValidateServeOptions(const ServeOptions& o) {
     return absl::InvalidArgumentError(
         "shutdown_grace_ms: must not be negative");
   }
+  absl::Status generation = ValidateGenerationLoopOptions(o.generation);
+  if (!generation.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generation.", generation.message()));
+  }
   absl::Status batching = ValidateSchedulerOptions(o.scheduler);
   if (!batching.ok()) {
     return absl::InvalidArgumentError(
@@ -164,8 +181,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
     LOG_INFO << "loaded retrieval index " << dir;
   }
   s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, o.scheduler);
+  s->generation_ = std::make_unique<GenerationLoop>(s->model_, o.generation);
   s->recommender_ = std::make_unique<RecommenderService>(
-      *s->registry_, *s->scheduler_, s->indexes_, o.limits);
+      *s->registry_, *s->scheduler_, *s->generation_, s->indexes_, o.limits);
   s->tasks_ = std::make_unique<TasksService>(*s->registry_);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -200,6 +218,7 @@ void Server::Shutdown() {
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(options_.shutdown_grace_ms));
   scheduler_->Shutdown();
+  generation_->Shutdown();
   LOG_INFO << "shut down";
 }
 

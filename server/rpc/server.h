@@ -35,6 +35,7 @@ struct ServeOptions {
   // version recorded in it, which `modules` must load.
   std::vector<std::string> indexes;
   SchedulerOptions scheduler;
+  GenerationLoopOptions generation;
   RequestLimits limits;
   // Largest request or response message, in bytes.
   int64_t max_message_bytes = 16 << 20;
@@ -46,7 +47,8 @@ struct ServeOptions {
 // name ("listen", "model_dir", "device", "dtype", "modules", "indexes",
 // "max_message_bytes", "shutdown_grace_ms"), the scheduler's
 // under "batching" ("max_batch_rows", "max_batch_tokens",
-// "max_queue_delay_us", "max_queued_rows", "runner_threads") and the
+// "max_queue_delay_us", "max_queued_rows", "runner_threads"), the
+// generation loop's under "generation" ("max_active", "max_queued") and the
 // request limits under "limits" ("max_candidates", "max_retrieve_k").
 // Fields left out keep
 // the values in `options`. InvalidArgument naming the field for unknown
@@ -83,6 +85,7 @@ class Server {
   std::shared_ptr<const TransformerLM> model_;
   std::unique_ptr<ModuleRegistry> registry_;
   std::unique_ptr<BatchScheduler> scheduler_;
+  std::unique_ptr<GenerationLoop> generation_;
   IndexSet indexes_;
   std::unique_ptr<RecommenderService> recommender_;
   std::unique_ptr<TasksService> tasks_;

@@ -1,5 +1,7 @@
 #include "server/rpc/services.h"
 
+#include <atomic>
+#include <deque>
 #include <set>
 #include <string>
 #include <utility>
@@ -126,10 +128,12 @@ std::shared_ptr<const ItemIndex> IndexSet::Find(
 
 RecommenderService::RecommenderService(const ModuleRegistry& registry,
                                        BatchScheduler& scheduler,
+                                       GenerationLoop& generation,
                                        const IndexSet& indexes,
                                        RequestLimits limits)
     : registry_(registry),
       scheduler_(scheduler),
+      generation_(generation),
       indexes_(indexes),
       limits_(limits) {}
 
@@ -330,6 +334,148 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
     reactor->Finish(ToGrpcStatus(hits.status()));
   });
   return reactor;
+}
+
+namespace {
+
+// Streams one generation: messages are written one at a time in order (the
+// callback API allows one write in flight), then the final status. Deletes
+// itself when gRPC is done with the call.
+class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  GenerateStream(std::string task, std::string version)
+      : task_(std::move(task)), version_(std::move(version)) {}
+
+  // A message with new text (from the generation loop's thread).
+  void Text(const std::string& text) {
+    v1::GenerateResponse m;
+    m.set_text(text);
+    Push(std::move(m));
+  }
+  // The last message, then the status.
+  void End(const absl::Status& status, FinishReason finish, int64_t tokens) {
+    absl::MutexLock lock(&mu_);
+    if (status.ok()) {
+      v1::GenerateResponse m;
+      m.set_finish_reason(FinishReasonName(finish));
+      m.set_tokens(static_cast<int32_t>(tokens));
+      PushLocked(std::move(m));
+    }
+    final_ = ToGrpcStatus(status);
+    ended_ = true;
+    if (!writing_) Finish(final_);
+  }
+  bool cancelled() const { return cancelled_.load(); }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    queue_.pop_front();
+    if (!ok) cancelled_ = true;  // the client is gone
+    if (!queue_.empty() && ok) {
+      StartWrite(&queue_.front());
+      return;
+    }
+    writing_ = false;
+    if (ended_) Finish(final_);
+  }
+  void OnCancel() override { cancelled_ = true; }
+  void OnDone() override { delete this; }
+
+ private:
+  void Push(v1::GenerateResponse m) {
+    absl::MutexLock lock(&mu_);
+    PushLocked(std::move(m));
+  }
+  void PushLocked(v1::GenerateResponse m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (first_) {
+      m.set_task(task_);
+      m.set_version(version_);
+      first_ = false;
+    }
+    queue_.push_back(std::move(m));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    }
+  }
+
+  const std::string task_, version_;
+  std::atomic<bool> cancelled_{false};
+  absl::Mutex mu_;  // guards the write queue and the end state
+  std::deque<v1::GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool first_ ABSL_GUARDED_BY(mu_) = true;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_ ABSL_GUARDED_BY(mu_);
+};
+
+// A stream that fails at once.
+class FailedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit FailedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  absl::StatusOr<ModuleVersion> v =
+      ResolveFor(registry_, request->task(), request->version(),
+                 TaskKind::kGenerate, "Generate");
+  if (!v.ok()) return new FailedStream(ToGrpcStatus(v.status()));
+  const TaskSpec& spec = v->module->spec();
+  absl::StatusOr<const TaskTemplate*> t =
+      PickTemplate(spec, request->template_());
+  if (!t.ok()) return new FailedStream(ToGrpcStatus(t.status()));
+  Example e;
+  absl::Status fields = AddFields(request->context(), "context", &e.fields);
+  InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
+  absl::StatusOr<EncodedInput> in = fields.ok()
+                                        ? encoder.EncodeWith(**t, e)
+                                        : absl::StatusOr<EncodedInput>(fields);
+  if (!in.ok()) {
+    return new FailedStream(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("context: ", in.status().message())));
+  }
+  for (const std::string& stop : request->stop()) {
+    if (!utf8::CheckEncodable(stop).ok() || stop.empty()) {
+      return new FailedStream(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "stop: every stop sequence must be non-empty UTF-8"));
+    }
+  }
+  GenerationJob job;
+  RowInput row = v->module->MakeRow(*in, false);
+  job.request.prompt_ids = row.ids;
+  job.request.soft_prompt = row.prompt;
+  job.request.adapter = row.adapter;
+  SamplingParams& p = job.request.params;
+  p.max_tokens =
+      request->max_tokens() > 0 ? request->max_tokens() : spec.max_new_tokens;
+  p.temperature = request->temperature();
+  p.top_k = request->top_k();
+  p.top_p = request->top_p() > 0 ? request->top_p() : 1.0;
+  p.seed = request->seed();
+  p.stop.assign(request->stop().begin(), request->stop().end());
+  job.deadline = DeadlineOf(*context);
+
+  auto* stream = new GenerateStream(v->task, v->version);
+  job.cancelled = [stream, context] {
+    return stream->cancelled() || context->IsCancelled();
+  };
+  job.on_text = [stream](const std::string& text) { stream->Text(text); };
+  job.on_done = [stream](absl::Status status, FinishReason finish,
+                         int64_t tokens) {
+    stream->End(status, finish, tokens);
+  };
+  absl::Status queued = generation_.Submit(std::move(job));
+  if (!queued.ok()) {
+    // The job's callbacks will never run: end the stream here.
+    stream->End(queued, FinishReason::kCancelled, 0);
+  }
+  return stream;
 }
 
 TasksService::TasksService(ModuleRegistry& registry) : registry_(registry) {}

@@ -23,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "optrec/v1/optrec.grpc.pb.h"
+#include "server/generation/generation_loop.h"
 #include "server/index/item_index.h"
 #include "server/registry/module_registry.h"
 #include "server/scheduler/batch_scheduler.h"
@@ -64,7 +65,8 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   // Borrows the registry, scheduler and indexes, which must outlive the
   // service.
   RecommenderService(const ModuleRegistry& registry, BatchScheduler& scheduler,
-                     const IndexSet& indexes, RequestLimits limits);
+                     GenerationLoop& generation, const IndexSet& indexes,
+                     RequestLimits limits);
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const v1::ScoreRequest* request,
@@ -75,10 +77,14 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   grpc::ServerUnaryReactor* Retrieve(grpc::CallbackServerContext* context,
                                      const v1::RetrieveRequest* request,
                                      v1::RetrieveResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context,
+      const v1::GenerateRequest* request) override;
 
  private:
   const ModuleRegistry& registry_;
   BatchScheduler& scheduler_;
+  GenerationLoop& generation_;
   const IndexSet& indexes_;
   const RequestLimits limits_;
 };
