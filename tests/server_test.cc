@@ -3,11 +3,15 @@
 // field, overload, hot swaps under load, and many concurrent clients.
 #include "server/rpc/server.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -93,6 +97,7 @@ class ServerTest : public ::testing::Test {
     o.indexes = {index.out_dir};
     o.scheduler.max_queue_delay_us = 500;
     o.limits.max_candidates = 50;
+    o.metrics_listen = "127.0.0.1:0";
     Start(o);
   }
   void Start(const ServeOptions& o) {
@@ -156,6 +161,48 @@ TEST_F(ServerTest, ScoreReturnsEachCandidatesOptionProbabilities) {
     EXPECT_NEAR(out.scores(i).probabilities(1), want[1], 1e-5);
     EXPECT_FLOAT_EQ(out.scores(i).score(), out.scores(i).probabilities(1));
   }
+}
+
+// GET `path` from 127.0.0.1:`port` over plain HTTP; the whole response.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) !=
+      0) {
+    close(fd);
+    return "connect failed";
+  }
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char buffer[4096];
+  ssize_t n;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, n);
+  close(fd);
+  return response;
+}
+
+TEST_F(ServerTest, MetricsCountCallsBatchesAndErrorsPerTask) {
+  v1::ScoreResponse out;
+  ASSERT_TRUE(Score(ScoreRequestFor(3), &out).ok());
+  ASSERT_FALSE(Score(ScoreRequestFor(0), &out).ok());
+  ASSERT_GT(server_->metrics_port(), 0);
+  const std::string page = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_THAT(page, HasSubstr("HTTP/1.1 200 OK"));
+  EXPECT_THAT(page, HasSubstr("text/plain; version=0.0.4"));
+  EXPECT_THAT(page, HasSubstr("optrec_rpc_requests_total{rpc=\"Score\",task="
+                              "\"ctr\",version=\"v1\"} 2"));
+  EXPECT_THAT(page, HasSubstr("code=\"INVALID_ARGUMENT\"} 1"));
+  EXPECT_THAT(
+      page,
+      HasSubstr("optrec_batch_rows_total{task=\"ctr\",version=\"v1\"} 3"));
+  EXPECT_THAT(page, HasSubstr("optrec_queued_rows 0"));
+  EXPECT_THAT(page, HasSubstr("optrec_rpc_duration_seconds_bucket"));
+  EXPECT_THAT(HttpGet(server_->metrics_port(), "/other"),
+              HasSubstr("404 Not Found"));
 }
 
 TEST_F(ServerTest, EmbedGivesUnitVectorsFromEitherTower) {

@@ -65,6 +65,7 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
   RETURN_IF_ERROR(Read(c, "device", "", &o->device));
   RETURN_IF_ERROR(Read(c, "dtype", "", &o->dtype));
   RETURN_IF_ERROR(Read(c, "max_message_bytes", "", &o->max_message_bytes));
+  RETURN_IF_ERROR(Read(c, "metrics_listen", "", &o->metrics_listen));
   RETURN_IF_ERROR(Read(c, "shutdown_grace_ms", "", &o->shutdown_grace_ms));
   for (const char* key : {"modules", "indexes"}) {
     if (!c.contains(key)) continue;
@@ -182,9 +183,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   }
   s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, o.scheduler);
   s->generation_ = std::make_unique<GenerationLoop>(s->model_, o.generation);
+  s->RegisterMetrics();
   s->recommender_ = std::make_unique<RecommenderService>(
-      *s->registry_, *s->scheduler_, *s->generation_, s->indexes_, o.limits);
-  s->tasks_ = std::make_unique<TasksService>(*s->registry_);
+      *s->registry_, *s->scheduler_, *s->generation_, s->indexes_, o.limits,
+      &s->metrics_);
+  s->tasks_ = std::make_unique<TasksService>(*s->registry_, &s->metrics_);
+  if (!o.metrics_listen.empty()) {
+    Server* raw = s.get();
+    ASSIGN_OR_RETURN(s->metrics_http_,
+                     MetricsHttpServer::Start(o.metrics_listen, [raw] {
+                       return raw->metrics_.ExportText();
+                     }));
+    LOG_INFO << "metrics on port " << s->metrics_http_->port();
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -205,6 +216,45 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   return s;
 }
 
+void Server::RegisterMetrics() {
+  metrics_.Gauge("optrec_queued_rows", "Score and Embed rows waiting",
+                 [this] { return scheduler_->queued_rows(); });
+  metrics_.Gauge("optrec_generation_active", "sequences being decoded",
+                 [this] { return generation_->active(); });
+  metrics_.Gauge("optrec_generation_queued", "sequences waiting to decode",
+                 [this] { return generation_->queued(); });
+  metrics_.CounterFunc("optrec_batches_total", "forward passes of batches",
+                       [this] { return scheduler_->counters().batches; });
+  metrics_.CounterFunc("optrec_batch_tokens_total",
+                       "positions run in batches, padding included",
+                       [this] { return scheduler_->counters().tokens; });
+  metrics_.CounterFunc("optrec_queue_refused_total",
+                       "calls refused for a full queue",
+                       [this] { return scheduler_->counters().refused; });
+  metrics_.CounterFunc("optrec_queue_expired_total",
+                       "calls dropped for their deadline while queued",
+                       [this] { return scheduler_->counters().expired; });
+  scheduler_->SetObserver(
+      [this](const std::vector<std::pair<const PromptModule*, int64_t>>& rows,
+             int64_t) {
+        for (const auto& [module, n] : rows) {
+          const nlohmann::json& info = module->info();
+          const std::string version =
+              info.contains("version") && info["version"].is_string()
+                  ? info["version"].get<std::string>()
+                  : "";
+          metrics_.Add("optrec_batch_rows_total",
+                       "rows run in batches, by task and version",
+                       {{"task", module->spec().task}, {"version", version}},
+                       static_cast<double>(n));
+        }
+      });
+}
+
+int Server::metrics_port() const {
+  return metrics_http_ != nullptr ? metrics_http_->port() : 0;
+}
+
 Server::~Server() { Shutdown(); }
 
 void Server::Shutdown() {
@@ -219,6 +269,7 @@ void Server::Shutdown() {
                     std::chrono::milliseconds(options_.shutdown_grace_ms));
   scheduler_->Shutdown();
   generation_->Shutdown();
+  metrics_http_.reset();
   LOG_INFO << "shut down";
 }
 

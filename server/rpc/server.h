@@ -14,6 +14,8 @@
 
 #include "absl/status/statusor.h"
 #include "core/runtime/device.h"
+#include "server/metrics/http_exporter.h"
+#include "server/metrics/metrics.h"
 #include "server/registry/module_registry.h"
 #include "server/rpc/services.h"
 #include "server/scheduler/batch_scheduler.h"
@@ -37,6 +39,8 @@ struct ServeOptions {
   SchedulerOptions scheduler;
   GenerationLoopOptions generation;
   RequestLimits limits;
+  // host:port of the Prometheus endpoint (GET /metrics); "" = none.
+  std::string metrics_listen;
   // Largest request or response message, in bytes.
   int64_t max_message_bytes = 16 << 20;
   // How long a graceful shutdown waits for calls in flight, in ms.
@@ -45,6 +49,7 @@ struct ServeOptions {
 
 // Reads a JSON configuration object: every ServeOptions field under its
 // name ("listen", "model_dir", "device", "dtype", "modules", "indexes",
+// "metrics_listen",
 // "max_message_bytes", "shutdown_grace_ms"), the scheduler's
 // under "batching" ("max_batch_rows", "max_batch_tokens",
 // "max_queue_delay_us", "max_queued_rows", "runner_threads"), the
@@ -67,8 +72,10 @@ class Server {
       const ServeOptions& options);
   ~Server();
 
-  // The port actually bound.
+  // The port actually bound, and the metrics endpoint's (0 = none).
   int port() const { return port_; }
+  int metrics_port() const;
+  const Metrics& metrics() const { return metrics_; }
   ModuleRegistry& registry() { return *registry_; }
   const BatchScheduler& scheduler() const { return *scheduler_; }
 
@@ -80,8 +87,11 @@ class Server {
 
  private:
   Server() = default;
+  void RegisterMetrics();
 
   ServeOptions options_;
+  Metrics metrics_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::shared_ptr<const TransformerLM> model_;
   std::unique_ptr<ModuleRegistry> registry_;
   std::unique_ptr<BatchScheduler> scheduler_;

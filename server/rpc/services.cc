@@ -11,15 +11,37 @@
 #include "core/tokenizer/utf8.h"
 #include "core/util/files.h"
 #include "core/util/status_macros.h"
+#include "server/metrics/metrics.h"
 
 namespace optrec {
 namespace {
 
+// One call's labels and start, recorded in the metrics when it ends.
+struct CallMetrics {
+  Metrics* metrics = nullptr;  // may be null (no metrics)
+  const char* rpc = "";
+  std::string task, version;
+  absl::Time start = absl::Now();
+
+  // Records the call's end and passes its status on.
+  grpc::Status Done(grpc::Status status) const {
+    if (metrics != nullptr) {
+      metrics->ObserveCall(
+          rpc, task, version,
+          absl::StatusCodeToString(
+              static_cast<absl::StatusCode>(status.error_code())),
+          absl::ToDoubleSeconds(absl::Now() - start));
+    }
+    return status;
+  }
+};
+
 // Ends a unary call at once with `status`.
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const CallMetrics& call,
                                     const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(status);
+  reactor->Finish(call.Done(status));
   return reactor;
 }
 
@@ -130,24 +152,27 @@ RecommenderService::RecommenderService(const ModuleRegistry& registry,
                                        BatchScheduler& scheduler,
                                        GenerationLoop& generation,
                                        const IndexSet& indexes,
-                                       RequestLimits limits)
+                                       RequestLimits limits, Metrics* metrics)
     : registry_(registry),
       scheduler_(scheduler),
       generation_(generation),
       indexes_(indexes),
-      limits_(limits) {}
+      limits_(limits),
+      metrics_(metrics) {}
 
 grpc::ServerUnaryReactor* RecommenderService::Score(
     grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
     v1::ScoreResponse* response) {
+  CallMetrics call{metrics_, "Score", request->task(), request->version()};
   absl::StatusOr<ModuleVersion> v =
       ResolveFor(registry_, request->task(), request->version(),
                  TaskKind::kScore, "Score");
-  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  call.version = v->version;
   const int64_t n = request->candidates_size();
   if (n == 0 || n > limits_.max_candidates) {
     return FinishNow(
-        context,
+        context, call,
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                      absl::StrCat("candidates: ", n, " given; between 1 and ",
                                   limits_.max_candidates, " are allowed")));
@@ -155,13 +180,13 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
   const TaskSpec& spec = v->module->spec();
   absl::StatusOr<const TaskTemplate*> t =
       PickTemplate(spec, request->template_());
-  if (!t.ok()) return FinishNow(context, ToGrpcStatus(t.status()));
+  if (!t.ok()) return FinishNow(context, call, ToGrpcStatus(t.status()));
 
   // One row per candidate: the context's fields joined by its own.
   FieldMap context_fields;
   absl::Status fields =
       AddFields(request->context(), "context", &context_fields);
-  if (!fields.ok()) return FinishNow(context, ToGrpcStatus(fields));
+  if (!fields.ok()) return FinishNow(context, call, ToGrpcStatus(fields));
   InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
   BatchRequest batch;
   batch.module = v->module;
@@ -179,7 +204,7 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
                                           : absl::StatusOr<EncodedInput>(own);
     if (!in.ok()) {
       return FinishNow(
-          context,
+          context, call,
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                        absl::StrCat(where, ": ", in.status().message())));
     }
@@ -196,10 +221,10 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
   }
   const int positive = spec.OptionIndex(spec.positive_label);
   scheduler_.Submit(
-      std::move(batch), [reactor, response, request, labels,
-                         positive](absl::StatusOr<BatchResult> result) {
+      std::move(batch), [reactor, response, request, labels, positive,
+                         call](absl::StatusOr<BatchResult> result) {
         if (!result.ok()) {
-          reactor->Finish(ToGrpcStatus(result.status()));
+          reactor->Finish(call.Done(ToGrpcStatus(result.status())));
           return;
         }
         for (size_t i = 0; i < result->size(); ++i) {
@@ -215,7 +240,7 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
           if (p.size() == 2 && positive >= 0) score = p[positive];
           s->set_score(static_cast<float>(score));
         }
-        reactor->Finish(grpc::Status::OK);
+        reactor->Finish(call.Done(grpc::Status::OK));
       });
   return reactor;
 }
@@ -223,17 +248,20 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
 grpc::ServerUnaryReactor* RecommenderService::Embed(
     grpc::CallbackServerContext* context, const v1::EmbedRequest* request,
     v1::EmbedResponse* response) {
+  CallMetrics call{metrics_, "Embed", request->task(), request->version()};
   absl::StatusOr<ModuleVersion> v =
       ResolveFor(registry_, request->task(), request->version(),
                  TaskKind::kRetrieve, "Embed");
-  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  call.version = v->version;
   const TaskSpec& spec = v->module->spec();
   const bool item = request->tower() == v1::EmbedRequest::ITEM;
   const TaskTemplate* t = &spec.item_template;
   if (!item) {
     absl::StatusOr<const TaskTemplate*> picked =
         PickTemplate(spec, request->template_());
-    if (!picked.ok()) return FinishNow(context, ToGrpcStatus(picked.status()));
+    if (!picked.ok())
+      return FinishNow(context, call, ToGrpcStatus(picked.status()));
     t = *picked;
   }
   Example e;
@@ -244,8 +272,9 @@ grpc::ServerUnaryReactor* RecommenderService::Embed(
                                         : absl::StatusOr<EncodedInput>(fields);
   if (!in.ok()) {
     return FinishNow(
-        context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              absl::StrCat("fields: ", in.status().message())));
+        context, call,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("fields: ", in.status().message())));
   }
   BatchRequest batch;
   batch.module = v->module;
@@ -256,26 +285,28 @@ grpc::ServerUnaryReactor* RecommenderService::Embed(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   response->set_task(v->task);
   response->set_version(v->version);
-  scheduler_.Submit(std::move(batch),
-                    [reactor, response](absl::StatusOr<BatchResult> result) {
-                      if (result.ok()) {
-                        for (float x : (*result)[0]) response->add_embedding(x);
-                      }
-                      reactor->Finish(ToGrpcStatus(result.status()));
-                    });
+  scheduler_.Submit(std::move(batch), [reactor, response, call](
+                                          absl::StatusOr<BatchResult> result) {
+    if (result.ok()) {
+      for (float x : (*result)[0]) response->add_embedding(x);
+    }
+    reactor->Finish(call.Done(ToGrpcStatus(result.status())));
+  });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* RecommenderService::Retrieve(
     grpc::CallbackServerContext* context, const v1::RetrieveRequest* request,
     v1::RetrieveResponse* response) {
+  CallMetrics call{metrics_, "Retrieve", request->task(), request->version()};
   absl::StatusOr<ModuleVersion> v =
       ResolveFor(registry_, request->task(), request->version(),
                  TaskKind::kRetrieve, "Retrieve");
-  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  call.version = v->version;
   if (request->k() < 1 || request->k() > limits_.max_retrieve_k) {
     return FinishNow(
-        context,
+        context, call,
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                      absl::StrCat("k: ", request->k(), " asked; between 1 and ",
                                   limits_.max_retrieve_k, " are allowed")));
@@ -283,7 +314,7 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
   std::shared_ptr<const ItemIndex> index = indexes_.Find(v->task, v->version);
   if (index == nullptr) {
     return FinishNow(
-        context,
+        context, call,
         grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                      absl::StrCat("task ", v->task, " version ", v->version,
                                   " has no retrieval index loaded")));
@@ -291,7 +322,7 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
   const TaskSpec& spec = v->module->spec();
   absl::StatusOr<const TaskTemplate*> t =
       PickTemplate(spec, request->template_());
-  if (!t.ok()) return FinishNow(context, ToGrpcStatus(t.status()));
+  if (!t.ok()) return FinishNow(context, call, ToGrpcStatus(t.status()));
   Example e;
   absl::Status fields = AddFields(request->context(), "context", &e.fields);
   InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
@@ -300,7 +331,7 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
                                         : absl::StatusOr<EncodedInput>(fields);
   if (!in.ok()) {
     return FinishNow(
-        context,
+        context, call,
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                      absl::StrCat("context: ", in.status().message())));
   }
@@ -316,23 +347,24 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
   std::set<std::string> exclude(request->exclude().begin(),
                                 request->exclude().end());
   const int64_t k = request->k();
-  scheduler_.Submit(std::move(batch), [reactor, response, index, exclude,
-                                       k](absl::StatusOr<BatchResult> result) {
-    if (!result.ok()) {
-      reactor->Finish(ToGrpcStatus(result.status()));
-      return;
-    }
-    absl::StatusOr<std::vector<SearchHit>> hits =
-        index->Search((*result)[0], k, exclude);
-    if (hits.ok()) {
-      for (const SearchHit& h : *hits) {
-        v1::RetrievedItem* item = response->add_items();
-        item->set_id(h.item_id);
-        item->set_score(h.score);
-      }
-    }
-    reactor->Finish(ToGrpcStatus(hits.status()));
-  });
+  scheduler_.Submit(
+      std::move(batch), [reactor, response, index, exclude, k,
+                         call](absl::StatusOr<BatchResult> result) {
+        if (!result.ok()) {
+          reactor->Finish(call.Done(ToGrpcStatus(result.status())));
+          return;
+        }
+        absl::StatusOr<std::vector<SearchHit>> hits =
+            index->Search((*result)[0], k, exclude);
+        if (hits.ok()) {
+          for (const SearchHit& h : *hits) {
+            v1::RetrievedItem* item = response->add_items();
+            item->set_id(h.item_id);
+            item->set_score(h.score);
+          }
+        }
+        reactor->Finish(call.Done(ToGrpcStatus(hits.status())));
+      });
   return reactor;
 }
 
@@ -343,8 +375,10 @@ namespace {
 // itself when gRPC is done with the call.
 class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateStream(std::string task, std::string version)
-      : task_(std::move(task)), version_(std::move(version)) {}
+  GenerateStream(std::string task, std::string version, CallMetrics call)
+      : task_(std::move(task)),
+        version_(std::move(version)),
+        call_(std::move(call)) {}
 
   // A message with new text (from the generation loop's thread).
   void Text(const std::string& text) {
@@ -361,7 +395,7 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
       m.set_tokens(static_cast<int32_t>(tokens));
       PushLocked(std::move(m));
     }
-    final_ = ToGrpcStatus(status);
+    final_ = call_.Done(ToGrpcStatus(status));
     ended_ = true;
     if (!writing_) Finish(final_);
   }
@@ -400,6 +434,7 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   }
 
   const std::string task_, version_;
+  const CallMetrics call_;
   std::atomic<bool> cancelled_{false};
   absl::Mutex mu_;  // guards the write queue and the end state
   std::deque<v1::GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
@@ -420,14 +455,16 @@ class FailedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  CallMetrics call{metrics_, "Generate", request->task(), request->version()};
   absl::StatusOr<ModuleVersion> v =
       ResolveFor(registry_, request->task(), request->version(),
                  TaskKind::kGenerate, "Generate");
-  if (!v.ok()) return new FailedStream(ToGrpcStatus(v.status()));
+  if (!v.ok()) return new FailedStream(call.Done(ToGrpcStatus(v.status())));
+  call.version = v->version;
   const TaskSpec& spec = v->module->spec();
   absl::StatusOr<const TaskTemplate*> t =
       PickTemplate(spec, request->template_());
-  if (!t.ok()) return new FailedStream(ToGrpcStatus(t.status()));
+  if (!t.ok()) return new FailedStream(call.Done(ToGrpcStatus(t.status())));
   Example e;
   absl::Status fields = AddFields(request->context(), "context", &e.fields);
   InputEncoder encoder(spec, *registry_.model().tokenizer(), nullptr);
@@ -435,9 +472,9 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
                                         ? encoder.EncodeWith(**t, e)
                                         : absl::StatusOr<EncodedInput>(fields);
   if (!in.ok()) {
-    return new FailedStream(
+    return new FailedStream(call.Done(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                     absl::StrCat("context: ", in.status().message())));
+                     absl::StrCat("context: ", in.status().message()))));
   }
   for (const std::string& stop : request->stop()) {
     if (!utf8::CheckEncodable(stop).ok() || stop.empty()) {
@@ -461,7 +498,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
   p.stop.assign(request->stop().begin(), request->stop().end());
   job.deadline = DeadlineOf(*context);
 
-  auto* stream = new GenerateStream(v->task, v->version);
+  auto* stream = new GenerateStream(v->task, v->version, call);
   job.cancelled = [stream, context] {
     return stream->cancelled() || context->IsCancelled();
   };
@@ -478,11 +515,13 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
   return stream;
 }
 
-TasksService::TasksService(ModuleRegistry& registry) : registry_(registry) {}
+TasksService::TasksService(ModuleRegistry& registry, Metrics* metrics)
+    : registry_(registry), metrics_(metrics) {}
 
 grpc::ServerUnaryReactor* TasksService::ListTasks(
     grpc::CallbackServerContext* context, const v1::ListTasksRequest*,
     v1::ListTasksResponse* response) {
+  const CallMetrics call{metrics_, "ListTasks", "", ""};
   for (const TaskListing& t : registry_.List()) {
     v1::TaskInfo* info = response->add_tasks();
     info->set_task(t.task);
@@ -497,42 +536,52 @@ grpc::ServerUnaryReactor* TasksService::ListTasks(
       v->set_metadata_json(meta.dump());
     }
   }
-  return FinishNow(context, grpc::Status::OK);
+  return FinishNow(context, call, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* TasksService::LoadModule(
     grpc::CallbackServerContext* context, const v1::LoadModuleRequest* request,
     v1::LoadModuleResponse* response) {
+  CallMetrics call{metrics_, "LoadModule", "", request->version()};
   if (request->path().empty()) {
-    return FinishNow(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                           "path: required"));
+    return FinishNow(
+        context, call,
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "path: required"));
   }
   absl::StatusOr<ModuleVersion> v =
       registry_.Load(request->path(), request->version());
-  if (!v.ok()) return FinishNow(context, ToGrpcStatus(v.status()));
+  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  call.task = v->task;
+  call.version = v->version;
   if (request->make_default()) {
     absl::Status promoted = registry_.SetDefault(v->task, v->version);
-    if (!promoted.ok()) return FinishNow(context, ToGrpcStatus(promoted));
+    if (!promoted.ok()) return FinishNow(context, call, ToGrpcStatus(promoted));
   }
   response->set_task(v->task);
   response->set_version(v->version);
   absl::StatusOr<ModuleVersion> current = registry_.Resolve(v->task);
   response->set_is_default(current.ok() && current->version == v->version);
-  return FinishNow(context, grpc::Status::OK);
+  return FinishNow(context, call, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* TasksService::SetDefault(
     grpc::CallbackServerContext* context, const v1::SetDefaultRequest* request,
     v1::SetDefaultResponse*) {
-  return FinishNow(context, ToGrpcStatus(registry_.SetDefault(
-                                request->task(), request->version())));
+  const CallMetrics call{metrics_, "SetDefault", request->task(),
+                         request->version()};
+  return FinishNow(
+      context, call,
+      ToGrpcStatus(registry_.SetDefault(request->task(), request->version())));
 }
 
 grpc::ServerUnaryReactor* TasksService::UnloadModule(
     grpc::CallbackServerContext* context,
     const v1::UnloadModuleRequest* request, v1::UnloadModuleResponse*) {
-  return FinishNow(context, ToGrpcStatus(registry_.Unload(request->task(),
-                                                          request->version())));
+  const CallMetrics call{metrics_, "UnloadModule", request->task(),
+                         request->version()};
+  return FinishNow(
+      context, call,
+      ToGrpcStatus(registry_.Unload(request->task(), request->version())));
 }
 
 }  // namespace optrec

@@ -25,6 +25,7 @@
 #include "optrec/v1/optrec.grpc.pb.h"
 #include "server/generation/generation_loop.h"
 #include "server/index/item_index.h"
+#include "server/metrics/metrics.h"
 #include "server/registry/module_registry.h"
 #include "server/scheduler/batch_scheduler.h"
 
@@ -64,9 +65,10 @@ class RecommenderService final : public v1::Recommender::CallbackService {
  public:
   // Borrows the registry, scheduler and indexes, which must outlive the
   // service.
+  // `metrics` may be null (no metrics recorded).
   RecommenderService(const ModuleRegistry& registry, BatchScheduler& scheduler,
                      GenerationLoop& generation, const IndexSet& indexes,
-                     RequestLimits limits);
+                     RequestLimits limits, Metrics* metrics);
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const v1::ScoreRequest* request,
@@ -87,11 +89,13 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   GenerationLoop& generation_;
   const IndexSet& indexes_;
   const RequestLimits limits_;
+  Metrics* const metrics_;
 };
 
 class TasksService final : public v1::Tasks::CallbackService {
  public:
-  explicit TasksService(ModuleRegistry& registry);
+  // `metrics` may be null.
+  TasksService(ModuleRegistry& registry, Metrics* metrics);
 
   grpc::ServerUnaryReactor* ListTasks(grpc::CallbackServerContext* context,
                                       const v1::ListTasksRequest* request,
@@ -111,6 +115,7 @@ class TasksService final : public v1::Tasks::CallbackService {
 
  private:
   ModuleRegistry& registry_;
+  Metrics* const metrics_;
 };
 
 }  // namespace optrec

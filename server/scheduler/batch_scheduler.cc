@@ -335,6 +335,14 @@ void BatchScheduler::RunBatch(const std::vector<Slice>& batch) {
     failure = absl::InternalError(
         absl::StrCat("the batch failed: ", TorchErrorMessage(e)));
   }
+  if (observer_) {
+    std::vector<std::pair<const PromptModule*, int64_t>> per_module;
+    for (const Slice& s : batch) {
+      per_module.emplace_back(s.request->request.module.get(),
+                              static_cast<int64_t>(s.end - s.begin));
+    }
+    observer_(per_module, longest * static_cast<int64_t>(rows.size()));
+  }
   {
     absl::MutexLock lock(&mu_);
     ++counters_.batches;

@@ -110,6 +110,14 @@ class BatchScheduler {
   // Stops accepting requests; queued ones still run. Idempotent.
   void Shutdown();
 
+  // Called after every batch with each module's row count in it and the
+  // batch's positions (padding included), from the runner thread; for
+  // per-task metrics. Set it before the first Submit.
+  using BatchObserver = std::function<void(
+      const std::vector<std::pair<const PromptModule*, int64_t>>& rows,
+      int64_t tokens)>;
+  void SetObserver(BatchObserver observer) { observer_ = std::move(observer); }
+
   // Rows waiting now.
   int64_t queued_rows() const;
 
@@ -157,6 +165,7 @@ class BatchScheduler {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Counters counters_ ABSL_GUARDED_BY(mu_);
 
+  BatchObserver observer_;  // set before traffic, then only read
   std::vector<std::thread> runners_;
 };
 
