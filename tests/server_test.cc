@@ -543,6 +543,83 @@ TEST_F(OverloadTest, PastTheQueueBoundCallsAreRefusedThenServedAgain) {
   EXPECT_EQ(first.scores_size(), 3);
 }
 
+class TuningServiceTest : public ServerTest {
+ protected:
+  void SetUp() override {
+    ServeOptions o;
+    o.listen = "127.0.0.1:0";
+    o.model_dir = SharedTuningFixture().model;
+    o.modules = {WriteModule("score", "v1", 1)};
+    o.jobs_dir = MakeTempDir("jobs");
+    Start(o);
+    tuning_ = v1::Tuning::NewStub(channel_);
+  }
+  std::unique_ptr<v1::Tuning::Stub> tuning_;
+};
+
+TEST_F(TuningServiceTest, AJobRunsIsWatchedAndItsModuleRegistered) {
+  v1::StartJobRequest start;
+  start.set_data_root(SharedTuningFixture().world);
+  v1::TuneTask* task = start.add_tasks();
+  task->set_spec_path(WriteSpec(TestSpec("score"), "score"));
+  task->set_version("tuned");
+  start.set_out_dir(MakeTempDir("out"));
+  start.set_steps(20);
+  start.set_warmup_steps(2);
+  start.set_batch(4);
+  start.set_eval_every(10);
+  start.set_eval_examples(16);
+  start.set_max_train_examples(200);
+  grpc::ClientContext start_context;
+  v1::JobInfo job;
+  ASSERT_TRUE(tuning_->StartJob(&start_context, start, &job).ok());
+  EXPECT_EQ(job.state(), "queued");
+
+  grpc::ClientContext watch_context;
+  v1::JobRequest which;
+  which.set_id(job.id());
+  auto watch = tuning_->WatchJob(&watch_context, which);
+  v1::JobInfo update;
+  std::string last_state;
+  int updates = 0;
+  while (watch->Read(&update)) {
+    ++updates;
+    last_state = update.state();
+  }
+  ASSERT_TRUE(watch->Finish().ok());
+  EXPECT_EQ(last_state, "succeeded");
+  EXPECT_GT(updates, 2);
+
+  grpc::ClientContext again;
+  v1::JobInfo cancelled;
+  EXPECT_EQ(tuning_->CancelJob(&again, which, &cancelled).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::RegisterModulesRequest register_request;
+  register_request.set_id(job.id());
+  register_request.set_make_default(true);
+  grpc::ClientContext register_context;
+  v1::RegisterModulesResponse registered;
+  ASSERT_TRUE(
+      tuning_->RegisterModules(&register_context, register_request, &registered)
+          .ok());
+  ASSERT_EQ(registered.modules_size(), 1);
+  EXPECT_EQ(registered.modules(0).version(), "tuned");
+  v1::ScoreResponse out;
+  ASSERT_TRUE(Score(ScoreRequestFor(2), &out).ok());
+  EXPECT_EQ(out.version(), "tuned");
+
+  grpc::ClientContext list_context;
+  v1::ListJobsResponse listed;
+  ASSERT_TRUE(tuning_->ListJobs(&list_context, {}, &listed).ok());
+  ASSERT_EQ(listed.jobs_size(), 1);
+  v1::JobRequest missing;
+  missing.set_id("job-none");
+  grpc::ClientContext get_context;
+  EXPECT_EQ(tuning_->GetJob(&get_context, missing, &job).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
 TEST(ServerConfigTest, ConfigFieldsAreCheckedByName) {
   ServeOptions o;
   EXPECT_TRUE(ApplyServeConfig({{"listen", "0.0.0.0:1"},

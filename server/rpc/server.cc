@@ -66,6 +66,8 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
   RETURN_IF_ERROR(Read(c, "dtype", "", &o->dtype));
   RETURN_IF_ERROR(Read(c, "max_message_bytes", "", &o->max_message_bytes));
   RETURN_IF_ERROR(Read(c, "metrics_listen", "", &o->metrics_listen));
+  RETURN_IF_ERROR(Read(c, "jobs_dir", "", &o->jobs_dir));
+  RETURN_IF_ERROR(Read(c, "tuning_workers", "", &o->tuning_workers));
   RETURN_IF_ERROR(Read(c, "shutdown_grace_ms", "", &o->shutdown_grace_ms));
   for (const char* key : {"modules", "indexes"}) {
     if (!c.contains(key)) continue;
@@ -188,6 +190,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
       *s->registry_, *s->scheduler_, *s->generation_, s->indexes_, o.limits,
       &s->metrics_);
   s->tasks_ = std::make_unique<TasksService>(*s->registry_, &s->metrics_);
+  if (!o.jobs_dir.empty()) {
+    ASSIGN_OR_RETURN(s->jobs_,
+                     LocalJobRunner::Open(o.jobs_dir, o.tuning_workers));
+    s->tuning_ =
+        std::make_unique<TuningService>(*s->jobs_, *s->registry_, o.model_dir);
+  }
   if (!o.metrics_listen.empty()) {
     Server* raw = s.get();
     ASSIGN_OR_RETURN(s->metrics_http_,
@@ -206,6 +214,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
   builder.RegisterService(s->recommender_.get());
   builder.RegisterService(s->tasks_.get());
+  if (s->tuning_ != nullptr) builder.RegisterService(s->tuning_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(

@@ -14,10 +14,12 @@
 
 #include "absl/status/statusor.h"
 #include "core/runtime/device.h"
+#include "server/jobs/job_runner.h"
 #include "server/metrics/http_exporter.h"
 #include "server/metrics/metrics.h"
 #include "server/registry/module_registry.h"
 #include "server/rpc/services.h"
+#include "server/rpc/tuning_service.h"
 #include "server/scheduler/batch_scheduler.h"
 
 namespace optrec {
@@ -39,6 +41,10 @@ struct ServeOptions {
   SchedulerOptions scheduler;
   GenerationLoopOptions generation;
   RequestLimits limits;
+  // Tuning jobs' records and checkpoints; "" = no Tuning service.
+  std::string jobs_dir;
+  // Jobs run at once (each on a worker thread below traffic's priority).
+  int tuning_workers = 1;
   // host:port of the Prometheus endpoint (GET /metrics); "" = none.
   std::string metrics_listen;
   // Largest request or response message, in bytes.
@@ -49,7 +55,7 @@ struct ServeOptions {
 
 // Reads a JSON configuration object: every ServeOptions field under its
 // name ("listen", "model_dir", "device", "dtype", "modules", "indexes",
-// "metrics_listen",
+// "metrics_listen", "jobs_dir", "tuning_workers",
 // "max_message_bytes", "shutdown_grace_ms"), the scheduler's
 // under "batching" ("max_batch_rows", "max_batch_tokens",
 // "max_queue_delay_us", "max_queued_rows", "runner_threads"), the
@@ -99,6 +105,8 @@ class Server {
   IndexSet indexes_;
   std::unique_ptr<RecommenderService> recommender_;
   std::unique_ptr<TasksService> tasks_;
+  std::unique_ptr<LocalJobRunner> jobs_;
+  std::unique_ptr<TuningService> tuning_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool shut_down_ = false;

@@ -658,7 +658,41 @@ absl::StatusOr<TuneResult> Tune(const TuneOptions& o) {
     }
     return true;
   };
+  auto report = [&] {
+    if (!o.on_progress) return;
+    TuneProgress p;
+    p.step = state.step;
+    p.steps = o.steps;
+    p.examples_seen = state.examples_seen;
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    p.examples_per_second =
+        elapsed > 0 ? (state.examples_seen - examples_before) / elapsed : 0;
+    p.seconds = seconds_before + elapsed;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      p.tasks.push_back(runs[i]->context->spec.task);
+      p.losses.push_back(runs[i]->stopped || loss_count == 0
+                             ? NAN
+                             : loss_sums[i] / loss_count);
+      p.validation.push_back(runs[i]->curve.empty() ? Json()
+                                                    : runs[i]->curve.back());
+    }
+    o.on_progress(p);
+  };
   while (state.step < o.steps && !all_stopped()) {
+    if (o.cancelled && o.cancelled()) {
+      progress.Finish();
+      state.seconds =
+          seconds_before + std::chrono::duration<double>(
+                               std::chrono::steady_clock::now() - start)
+                               .count();
+      state.threads = torch::get_num_threads();
+      RETURN_IF_ERROR(SaveCheckpoint(work, runs, optimizer, state));
+      return absl::CancelledError(absl::StrCat(
+          "the job was cancelled at step ", state.step, " of ", o.steps,
+          "; its checkpoint in ", work, " lets it resume"));
+    }
     const double lr = WarmupCosineRate(state.step, o.steps, o.warmup_steps,
                                        o.learning_rate, o.min_learning_rate);
     for (auto& group : optimizer.param_groups()) {
@@ -681,9 +715,11 @@ absl::StatusOr<TuneResult> Tune(const TuneOptions& o) {
                     absl::StrCat(LossText(runs, loss_sums, loss_count),
                                  absl::StrFormat("  lr %.2e", lr)));
     const bool at_end = state.step == o.steps;
+    report();
     if (state.step % o.eval_every == 0 || at_end) {
       progress.Finish();
       RETURN_IF_ERROR(Validate(model, runs, o, state));
+      report();
       std::fill(loss_sums.begin(), loss_sums.end(), 0.0);
       loss_count = 0;
     }

@@ -64,6 +64,27 @@ struct TuneOptions {
   int64_t checkpoint_every = 50;  // and always at the end
   // Recorded in module metadata.
   std::string command_line;
+
+  // Hooks for a job runner (both may be empty). `cancelled` is polled
+  // before every step: true stops the job with CANCELLED after writing a
+  // checkpoint, so it can resume later. `on_progress` is called after every
+  // step and every validation, from the job's thread.
+  std::function<bool()> cancelled;
+  std::function<void(const struct TuneProgress&)> on_progress;
+};
+
+// A running job's state, for progress reports.
+struct TuneProgress {
+  int64_t step = 0;
+  int64_t steps = 0;
+  int64_t examples_seen = 0;
+  double examples_per_second = 0;  // in this run
+  double seconds = 0;              // training time over all runs
+  // Per task: its mean loss since the last validation (NaN when it
+  // stopped) and its latest validation metrics (null before the first).
+  std::vector<std::string> tasks;
+  std::vector<double> losses;
+  std::vector<nlohmann::json> validation;
 };
 
 // What one task's training produced.
