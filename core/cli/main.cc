@@ -49,6 +49,8 @@ constexpr Command kCommands[] = {
 #ifdef OPTREC_WITH_SERVER
     {"serve", "serve task modules over gRPC", optrec::RunServe},
     {"index", "build a retrieval index of a catalog", optrec::RunIndex},
+    {"client", "call a running server for one shop-world user",
+     optrec::RunClient},
 #endif
 };
 

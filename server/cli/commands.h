@@ -9,6 +9,8 @@ namespace optrec {
 int RunServe(int argc, char** argv);
 // optrec index build: a FAISS retrieval index of a catalog.
 int RunIndex(int argc, char** argv);
+// optrec client: Score, Retrieve and Generate for one shop-world user.
+int RunClient(int argc, char** argv);
 
 }  // namespace optrec
 
