@@ -19,6 +19,8 @@ packages=(
   libfaiss-dev
   # Tests.
   libgtest-dev libgmock-dev
+  # The Python client example (scripts/demo_client.py).
+  python3 python3-grpcio python3-protobuf
 )
 
 if [[ "${OPTREC_SKIP_APT:-0}" == "1" ]]; then

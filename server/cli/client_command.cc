@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -93,7 +94,7 @@ absl::Status Run(const Args& args) {
     v1::Candidate* candidate = score.add_candidates();
     candidate->set_id(direct["candidate_item_ids"][c].get<std::string>());
     (*candidate->mutable_fields())["candidate"].set_text(
-        direct["candidates"][c].get<std::string>());
+        segments["candidates"][c].get<std::string>());
   }
   grpc::ClientContext score_context;
   v1::ScoreResponse scored;
@@ -116,10 +117,18 @@ absl::Status Run(const Args& args) {
   v1::RetrieveResponse retrieved;
   s = stub->Retrieve(&retrieve_context, retrieve, &retrieved);
   if (!s.ok()) return RpcFailed("Retrieve", s);
+  std::map<std::string, std::string> titles;
+  RETURN_IF_ERROR(ForEachJsonl(
+      world + "/catalog.jsonl",
+      [&](int64_t, const nlohmann::json& j) -> absl::StatusOr<bool> {
+        titles[j.value("item_id", "")] = j.value("text", "");
+        return true;
+      }));
   std::printf("\nRetrieve (task %s, version %s): top 5 of the catalog\n",
               retrieved.task().c_str(), retrieved.version().c_str());
   for (const v1::RetrievedItem& item : retrieved.items()) {
-    std::printf("  %.3f  %s\n", item.score(), item.id().c_str());
+    std::printf("  %.3f  %s  %s\n", item.score(), item.id().c_str(),
+                titles[item.id()].c_str());
   }
 
   // Generate: why a shopper bought an item, streamed.
@@ -156,7 +165,13 @@ int RunClient(int argc, char** argv) {
   if (int code = ParseOrExit(args, argc, argv, 2, {"world"}); code >= 0) {
     return code;
   }
-  absl::Status status = Run(args);
+  absl::Status status;
+  try {
+    status = Run(args);
+  } catch (const nlohmann::json::exception& e) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("the world's test files are not as expected: ", e.what()));
+  }
   if (!status.ok()) return Fail(status);
   return 0;
 }
