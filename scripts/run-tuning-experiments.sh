@@ -57,17 +57,28 @@ for method in prompt option option_adapter; do
     --task "$tasks/ctr.json" --method "$method" --version "$method" \
     --out "$out/modules" --steps 800 --batch 32 --eval-every 50 \
     --lr "$lr" --min-lr 1e-3 --warmup 40
-  # Rating, retrieval and explanations in one mixed job.
-  run "tune-mixed-$method" "$optrec" tune "${common[@]}" \
-    --task "$tasks/rating.json" --task "$tasks/next_click.json,batch=32" \
-    --task "$tasks/explanation.json,batch=8" --method "$method" \
-    --version "$method" --out "$out/modules" --steps 400 --batch 16 \
-    --eval-every 50 --lr "$lr" --min-lr 1e-3 --warmup 20
-  for task in ctr rating next_click; do
+  # Rating, retrieval and explanations in one mixed job. Without options
+  # or special tokens, option tuning of the retrieval and explanation
+  # tasks is prompt tuning exactly (same tensors, same start), so the
+  # option job trains rating alone and those two report prompt's modules.
+  mixed=(--task "$tasks/rating.json")
+  if [[ $method != option ]]; then
+    mixed+=(--task "$tasks/next_click.json,batch=32"
+      --task "$tasks/explanation.json,batch=8")
+  fi
+  run "tune-mixed-$method" "$optrec" tune "${common[@]}" "${mixed[@]}" \
+    --method "$method" --version "$method" --out "$out/modules" \
+    --steps 400 --batch 16 --eval-every 50 --lr "$lr" --min-lr 1e-3 \
+    --warmup 20
+  evaluated=(ctr rating)
+  [[ $method != option ]] && evaluated+=(next_click)
+  for task in "${evaluated[@]}"; do
     evaluate "test-$task-$method" --module "$out/modules/$task.$method.safetensors"
   done
-  evaluate "test-explanation-$method" \
-    --module "$out/modules/explanation.$method.safetensors" --samples 3
+  if [[ $method != option ]]; then
+    evaluate "test-explanation-$method" \
+      --module "$out/modules/explanation.$method.safetensors" --samples 3
+  fi
 done
 
 # P5: every family tuned together with option_adapter on its seen
@@ -76,12 +87,13 @@ run tune-p5 "$optrec" tune "${common[@]}" --eval-examples 300 \
   --task "$tasks/rating.json" --task "$tasks/sequential.json" \
   --task "$tasks/p5_explanation.json" --task "$tasks/review_summary.json" \
   --task "$tasks/direct.json" --method option_adapter --version p5 \
-  --out "$out/modules" --steps 400 --batch 8 --eval-every 100 --lr 1e-2 \
+  --out "$out/modules" --steps 250 --batch 8 --eval-every 50 --lr 1e-2 \
   --min-lr 1e-3 --warmup 20
-for task in rating p5_explanation review_summary; do
-  evaluate "p5-$task" --module "$out/modules/$task.p5.safetensors"
+evaluate p5-rating --module "$out/modules/rating.p5.safetensors"
+for task in p5_explanation review_summary; do
+  evaluate "p5-$task" --module "$out/modules/$task.p5.safetensors" --limit 300
 done
 evaluate p5-sequential --module "$out/modules/sequential.p5.safetensors" \
-  --limit 300
-evaluate p5-direct --module "$out/modules/direct.p5.safetensors" --limit 200
+  --limit 200
+evaluate p5-direct --module "$out/modules/direct.p5.safetensors" --limit 150
 echo "results in $out"
