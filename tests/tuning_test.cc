@@ -294,6 +294,35 @@ TEST(PromptModuleTest, SavedModulesReloadExactlyAndOnlyOnTheirBase) {
               HasSubstr((*other_model)->fingerprint()));
 }
 
+// The demo modules in models/modules (served by the quickstart) were
+// trained on the committed default model: rebuilding that model without
+// retraining them would make the server refuse them.
+TEST(PromptModuleTest, CommittedDemoModulesLoadOnTheCommittedDefaultModel) {
+  const std::string root = OPTREC_SOURCE_DIR;
+  auto model = TransformerLM::Load(root + "/models/default");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::pair<const char*, TaskKind> demos[] = {
+      {"ctr", TaskKind::kScore},
+      {"next_click", TaskKind::kRetrieve},
+      {"explanation", TaskKind::kGenerate}};
+  for (const auto& [task, kind] : demos) {
+    SCOPED_TRACE(task);
+    auto module =
+        PromptModule::Load(absl::StrCat(root, "/models/modules/", task,
+                                        ".option_adapter.safetensors"),
+                           **model);
+    ASSERT_TRUE(module.ok()) << module.status()
+                             << " (retrain the demo modules: "
+                                "models/modules/README.md)";
+    EXPECT_EQ((*module)->spec().task, task);
+    EXPECT_EQ((*module)->spec().kind, kind);
+    EXPECT_EQ((*module)->method(), TuningMethod::kOptionAdapter);
+    // About 1% of the backbone; the retrieval module's two towers with
+    // their 128 x 128 projections come to under 4% of this small one.
+    EXPECT_LT((*module)->ParameterCount(), (*model)->parameter_count() / 25);
+  }
+}
+
 TEST(PromptModuleTest, EvaluationSpecsMustShapeRowsLikeTheModule) {
   auto model = LoadFixtureModel();
   Loaded l = Load(*model, "score", TuningMethod::kOption, 1);
