@@ -47,8 +47,8 @@ evaluate zeroshot-next_click --task "$tasks/next_click.json" --zero-shot \
   --limit 100
 evaluate zeroshot-explanation --task "$tasks/explanation.json" --zero-shot
 
-common=(--model "$model" --world "$world" --seed 1 --eval-examples 1000
-  --checkpoint-every 100)
+base=(--model "$model" --world "$world" --seed 1)
+common=("${base[@]}" --eval-examples 1000 --checkpoint-every 100)
 for method in prompt option option_adapter; do
   lr=3e-2
   [[ $method == option_adapter ]] && lr=1e-2
@@ -83,7 +83,8 @@ done
 
 # P5: every family tuned together with option_adapter on its seen
 # templates, then each evaluated on its seen and its held-out template.
-run tune-p5 "$optrec" tune "${common[@]}" --eval-examples 300 \
+run tune-p5 "$optrec" tune "${base[@]}" --eval-examples 300 \
+  --checkpoint-every 100 \
   --task "$tasks/rating.json" --task "$tasks/sequential.json" \
   --task "$tasks/p5_explanation.json" --task "$tasks/review_summary.json" \
   --task "$tasks/direct.json" --method option_adapter --version p5 \
