@@ -126,9 +126,14 @@ TEST(ModuleRegistryTest, HotSwapsNeverFailAResolve) {
       }
     });
   }
-  // Load each version, promote it, and unload the one before.
+  // Load each version, promote it, and unload the one before. Each swap
+  // waits for readers to resolve a few times first, so that resolves
+  // overlap every swap however the threads are scheduled.
   std::string previous = "v0";
   for (const std::string& file : files) {
+    for (const int seen = resolved.load(); resolved.load() < seen + 8;) {
+      std::this_thread::yield();
+    }
     auto loaded = registry.Load(file);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     ASSERT_TRUE(registry.SetDefault("ctr", loaded->version).ok());
