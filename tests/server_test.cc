@@ -466,7 +466,11 @@ TEST_F(ServerTest, HotSwapUnderLoadFailsNoRequest) {
     grpc::ClientContext context;
     v1::LoadModuleResponse loaded;
     ASSERT_TRUE(tasks_->LoadModule(&context, load, &loaded).ok());
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // Let calls overlap and follow every swap however slow the machine:
+    // four calls that start after the load completed (4 in flight + 4).
+    for (const int before = calls.load(); calls.load() < before + 8;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
   done = true;
   for (std::thread& t : clients) t.join();
