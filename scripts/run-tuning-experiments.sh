@@ -83,7 +83,9 @@ done
 
 # P5: every family tuned together with option_adapter on its seen
 # templates, then each evaluated on its seen and its held-out template.
-run tune-p5 "$optrec" tune "${base[@]}" --eval-examples 300 \
+# Validation uses 100 examples per task: a direct example is 100 candidate
+# rows.
+run tune-p5 "$optrec" tune "${base[@]}" --eval-examples 100 \
   --checkpoint-every 100 \
   --task "$tasks/rating.json" --task "$tasks/sequential.json" \
   --task "$tasks/p5_explanation.json" --task "$tasks/review_summary.json" \

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -66,6 +67,16 @@ class ExampleWriter {
   const std::string user_id_;
   const std::string profile_;
   std::vector<std::string> behaviours_;  // segments so far, oldest first
+  // Item -> its latest click: time and history length just before it. A
+  // purchase always follows a click on the same item, so purchase examples
+  // are made at that click (their time, split and history): a history up
+  // to the purchase would end by naming the answer ("Clicked: X" before
+  // "next purchase: X").
+  struct Click {
+    int64_t time_s = 0;
+    size_t history_end = 0;
+  };
+  std::unordered_map<int32_t, Click> last_click_;
 };
 
 void ExampleWriter::Run() {
@@ -169,6 +180,7 @@ void ExampleWriter::OnImpression(const Event& e) {
 }
 
 void ExampleWriter::OnClick(const Event& e) {
+  last_click_[e.item] = {e.time_s, behaviours_.size()};
   JsonObject line = Head(e.time_s, behaviours_.size());
   line.Str("target_item_id", ShopWorld::ItemId(e.item))
       .Str("target", world_.ItemText(world_.item(e.item)));
@@ -177,16 +189,20 @@ void ExampleWriter::OnClick(const Event& e) {
 
 void ExampleWriter::OnPurchase(const Event& e) {
   const Item& item = world_.item(e.item);
-  JsonObject design = Head(e.time_s, behaviours_.size());
+  const auto found = last_click_.find(e.item);
+  const Click at = found != last_click_.end()
+                       ? found->second
+                       : Click{e.time_s, behaviours_.size()};
+  JsonObject design = Head(at.time_s, at.history_end);
   design.Str("item_id", ShopWorld::ItemId(e.item))
       .Str("target", absl::StrCat("Category: ", world_.CategoryPath(item),
                                   ". Title: ", world_.ItemTitle(item)));
-  Emit(Task::kProductDesign, e.time_s, design);
+  Emit(Task::kProductDesign, at.time_s, design);
 
-  JsonObject sequential = Head(e.time_s, behaviours_.size());
+  JsonObject sequential = Head(at.time_s, at.history_end);
   sequential.Str("target_item_id", ShopWorld::ItemId(e.item))
       .Str("target", world_.ItemTitle(item));
-  Emit(Task::kSequential, e.time_s, sequential);
+  Emit(Task::kSequential, at.time_s, sequential);
 }
 
 void ExampleWriter::OnSearch(const Event& e) {
