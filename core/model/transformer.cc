@@ -501,6 +501,49 @@ torch::Tensor Mlp(const ModelConfig& c, const LayerWeights& lw,
   return torch::linear(act, lw.down_w, lw.down_b);  // [B, T, D]
 }
 
+// Layers [begin, end) on the residual stream x [B, T, D].
+torch::Tensor RunLayers(const ModelConfig& c, const TransformerLM::Weights& w,
+                        torch::Tensor x, const CallContext& ctx,
+                        const GatheredAdapters& adapters,
+                        const ForwardOptions& options, int64_t begin,
+                        int64_t end) {
+  for (int64_t l = begin; l < end; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    x = x + Attention(c, lw, l, x, ctx);
+    torch::Tensor mlp_in = Norm(c, x, lw.mlp_norm_w, lw.mlp_norm_b);
+    torch::Tensor mlp_out = Mlp(c, lw, mlp_in);
+    if (adapters.down.defined()) {
+      mlp_out = mlp_out + AdapterDelta(adapters, l, mlp_in);
+    }
+    if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
+    x = x + mlp_out;
+  }
+  return x;
+}
+
+// Positions starts[r]..starts[r]+lengths[r]-1 of each row, padding repeating
+// the row's last position (masked anyway, and inside a learned position
+// table), and validity; both [B, T] on `dev`.
+void RowPositions(const std::vector<int64_t>& lengths,
+                  const std::vector<int64_t>& starts, int64_t t,
+                  const torch::Device& dev, torch::Tensor* positions,
+                  torch::Tensor* valid) {
+  const int64_t b = static_cast<int64_t>(lengths.size());
+  torch::Tensor pos = torch::zeros({b, t}, torch::kInt64);  // [B, T]
+  torch::Tensor ok = torch::zeros({b, t}, torch::kBool);    // [B, T]
+  auto pos_a = pos.accessor<int64_t, 2>();
+  auto ok_a = ok.accessor<bool, 2>();
+  for (int64_t r = 0; r < b; ++r) {
+    const int64_t last = std::max<int64_t>(lengths[r] - 1, 0);
+    for (int64_t i = 0; i < t; ++i) {
+      pos_a[r][i] = starts[r] + std::min(i, last);
+      ok_a[r][i] = i < lengths[r];
+    }
+  }
+  *positions = pos.to(dev);
+  *valid = ok.to(dev);
+}
+
 }  // namespace
 
 TransformerLM::~TransformerLM() = default;
@@ -660,18 +703,14 @@ void TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
       MakeContext(config_, *weights_, in, rows, cache, device_.dtype);
   const GatheredAdapters adapters =
       GatherAdapters(rows, device_.device, device_.dtype);
-  torch::Tensor x = in.x;  // [B, T, D]
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    const LayerWeights& lw = weights_->layers[l];
-    x = x + Attention(config_, lw, l, x, ctx);
-    torch::Tensor mlp_in = Norm(config_, x, lw.mlp_norm_w, lw.mlp_norm_b);
-    torch::Tensor mlp_out = Mlp(config_, lw, mlp_in);
-    if (adapters.down.defined()) {
-      mlp_out = mlp_out + AdapterDelta(adapters, l, mlp_in);
-    }
-    if (options.mlp_hook) mlp_out = options.mlp_hook(l, mlp_in, mlp_out);
-    x = x + mlp_out;
-  }
+  torch::Tensor x = RunLayers(config_, *weights_, in.x, ctx, adapters, options,
+                              0, config_.num_layers);  // [B, T, D]
+  FinishOutput(std::move(x), std::move(in), options, out);
+}
+
+void TransformerLM::FinishOutput(torch::Tensor x, CallInputs in,
+                                 const ForwardOptions& options,
+                                 ForwardOutput* out) const {
   out->hidden = Norm(config_, x, weights_->final_norm_w,
                      weights_->final_norm_b);  // [B, T, D]
   out->valid = in.valid;
@@ -680,7 +719,7 @@ void TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
   if (options.logits == ForwardOptions::Logits::kAll) {
     out->logits = Project(out->hidden);  // [B, T, V]
   } else if (options.logits == ForwardOptions::Logits::kLast) {
-    const int64_t b = static_cast<int64_t>(rows.size());
+    const int64_t b = static_cast<int64_t>(out->lengths.size());
     std::vector<int64_t> last(b);
     for (int64_t r = 0; r < b; ++r) {
       last[r] = std::max<int64_t>(0, out->lengths[r] - 1);
@@ -690,6 +729,183 @@ void TransformerLM::ForwardImpl(const std::vector<RowInput>& rows,
     torch::Tensor row_index = torch::arange(b, long_opts);
     out->logits = Project(out->hidden.index({row_index, index}));  // [B, V]
   }
+}
+
+absl::StatusOr<std::vector<torch::Tensor>> TransformerLM::EncodeSegments(
+    const std::vector<std::vector<int32_t>>& segments,
+    int64_t lower_layers) const {
+  if (lower_layers < 0 || lower_layers > config_.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EncodeSegments: lower_layers ", lower_layers,
+                     " outside [0, ", config_.num_layers, "]"));
+  }
+  std::vector<RowInput> rows(segments.size());
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const std::vector<int32_t>& ids = segments[i];
+    if (ids.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("EncodeSegments: segment ", i, " is empty"));
+    }
+    for (int32_t id : ids) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "EncodeSegments: segment ", i, " has token id ", id,
+            " outside the vocabulary [0, ", config_.vocab_size, ")"));
+      }
+    }
+    if (config_.family == Family::kGpt2 &&
+        static_cast<int64_t>(ids.size()) > config_.max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EncodeSegments: segment ", i, " has ", ids.size(),
+          " tokens but the model has ", config_.max_positions, " positions"));
+    }
+    rows[i].ids = ids;
+  }
+  std::vector<torch::Tensor> states;
+  if (segments.empty()) return states;
+  try {
+    torch::NoGradGuard no_grad;
+    const auto long_opts = torch::dtype(torch::kInt64).device(device_.device);
+    if (lower_layers == 0) {
+      for (const std::vector<int32_t>& ids : segments) {
+        std::vector<int64_t> wide(ids.begin(), ids.end());
+        states.push_back(EmbedTokens(torch::tensor(wide).to(long_opts)));
+      }
+      return states;
+    }
+    CallInputs in = PrepareInputs(rows, nullptr);
+    CallContext ctx =
+        MakeContext(config_, *weights_, in, rows, nullptr, device_.dtype);
+    torch::Tensor x = RunLayers(config_, *weights_, in.x, ctx,
+                                GatheredAdapters{}, ForwardOptions{}, 0,
+                                lower_layers);  // [B, T, D]
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(segments[i].size());
+      states.push_back(x[i].narrow(0, 0, n).clone());  // [N_i, D]
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("EncodeSegments failed: ", TorchErrorMessage(e)));
+  }
+  return states;
+}
+
+absl::StatusOr<ForwardOutput> TransformerLM::ForwardJoint(
+    const std::vector<JointRowInput>& rows, int64_t lower_layers,
+    const ForwardOptions& options) const {
+  const int64_t d = config_.hidden_size;
+  if (rows.empty()) {
+    return absl::InvalidArgumentError("ForwardJoint: no rows");
+  }
+  if (lower_layers < 0 || lower_layers > config_.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ForwardJoint: lower_layers ", lower_layers,
+                     " outside [0, ", config_.num_layers, "]"));
+  }
+  std::vector<RowInput> shells(rows.size());  // adapters only, for checks
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const JointRowInput& row = rows[r];
+    int64_t length = 0;
+    if (row.prompt.defined()) {
+      if (row.prompt.dim() != 2 || row.prompt.size(1) != d) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ForwardJoint: row ", r, " has a soft prompt of shape ",
+            c10::str(row.prompt.sizes()), "; expected [P, ", d, "]"));
+      }
+      length += row.prompt.size(0);
+    }
+    if (!row.segment_embeddings.empty() &&
+        row.segment_embeddings.size() != row.segments.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ForwardJoint: row ", r, " has ", row.segment_embeddings.size(),
+          " segment embeddings for ", row.segments.size(), " segments"));
+    }
+    for (size_t i = 0; i < row.segments.size(); ++i) {
+      const torch::Tensor& seg = row.segments[i];
+      if (!seg.defined() || seg.dim() != 2 || seg.size(1) != d) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ForwardJoint: row ", r, " segment ", i, " has states of shape ",
+            seg.defined() ? c10::str(seg.sizes()) : "undefined",
+            "; expected [N, ", d, "]"));
+      }
+      if (!row.segment_embeddings.empty() &&
+          row.segment_embeddings[i].defined() &&
+          (row.segment_embeddings[i].dim() != 1 ||
+           row.segment_embeddings[i].size(0) != d)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ForwardJoint: row ", r, " segment ", i,
+                         " has a segment embedding of shape ",
+                         c10::str(row.segment_embeddings[i].sizes()),
+                         "; expected [", d, "]"));
+      }
+      length += seg.size(0);
+    }
+    if (length == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ForwardJoint: row ", r, " has no prompt or states"));
+    }
+    if (config_.family == Family::kGpt2 && lower_layers == 0 &&
+        length > config_.max_positions) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ForwardJoint: row ", r, " reaches position ", length - 1,
+          " but the model has ", config_.max_positions, " positions"));
+    }
+    shells[r].adapter = row.adapter;
+    RETURN_IF_ERROR(CheckRowExtras(config_, shells[r], r));
+  }
+  ForwardOutput out;
+  try {
+    CallInputs in = PrepareJointInputs(rows, lower_layers);
+    CallContext ctx =
+        MakeContext(config_, *weights_, in, shells, nullptr, device_.dtype);
+    const GatheredAdapters adapters =
+        GatherAdapters(shells, device_.device, device_.dtype);
+    torch::Tensor x =
+        RunLayers(config_, *weights_, in.x, ctx, adapters, options,
+                  lower_layers, config_.num_layers);  // [B, T, D]
+    FinishOutput(std::move(x), std::move(in), options, &out);
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("ForwardJoint failed: ", TorchErrorMessage(e)));
+  }
+  return out;
+}
+
+TransformerLM::CallInputs TransformerLM::PrepareJointInputs(
+    const std::vector<JointRowInput>& rows, int64_t lower_layers) const {
+  const int64_t b = static_cast<int64_t>(rows.size());
+  const auto dev = device_.device;
+  const auto dtype = device_.dtype;
+  CallInputs in;
+  in.starts.assign(b, 0);
+  std::vector<torch::Tensor> row_inputs;  // [len_r, D] each
+  for (const JointRowInput& row : rows) {
+    std::vector<torch::Tensor> parts;
+    if (row.prompt.defined()) parts.push_back(row.prompt.to(dev, dtype));
+    for (size_t i = 0; i < row.segments.size(); ++i) {
+      torch::Tensor seg = row.segments[i].to(dev, dtype);  // [N_i, D]
+      if (!row.segment_embeddings.empty() &&
+          row.segment_embeddings[i].defined()) {
+        seg = seg + row.segment_embeddings[i].to(dev, dtype);
+      }
+      parts.push_back(seg);
+    }
+    row_inputs.push_back(torch::cat(parts, 0));
+    in.lengths.push_back(row_inputs.back().size(0));
+  }
+  const int64_t t = *std::max_element(in.lengths.begin(), in.lengths.end());
+  for (torch::Tensor& x : row_inputs) {
+    const int64_t pad = t - x.size(0);
+    if (pad > 0) {
+      x = torch::cat({x, torch::zeros({pad, x.size(1)}, x.options())}, 0);
+    }
+  }
+  in.x = torch::stack(row_inputs);  // [B, T, D]
+  RowPositions(in.lengths, in.starts, t, dev, &in.positions, &in.valid);
+  if (config_.family == Family::kGpt2 && lower_layers == 0) {
+    in.x = in.x + torch::embedding(weights_->pos_embed, in.positions);
+  }
+  return in;
 }
 
 TransformerLM::CallInputs TransformerLM::PrepareInputs(
@@ -709,26 +925,14 @@ TransformerLM::CallInputs TransformerLM::PrepareInputs(
   }
   const int64_t t = *std::max_element(in.lengths.begin(), in.lengths.end());
 
-  torch::Tensor ids = torch::zeros({b, t}, torch::kInt64);        // [B, T]
-  torch::Tensor positions = torch::zeros({b, t}, torch::kInt64);  // [B, T]
-  torch::Tensor valid = torch::zeros({b, t}, torch::kBool);       // [B, T]
+  torch::Tensor ids = torch::zeros({b, t}, torch::kInt64);  // [B, T]
   auto ids_a = ids.accessor<int64_t, 2>();
-  auto pos_a = positions.accessor<int64_t, 2>();
-  auto valid_a = valid.accessor<bool, 2>();
   for (int64_t r = 0; r < b; ++r) {
     for (size_t i = 0; i < rows[r].ids.size(); ++i) {
       ids_a[r][prompt_len[r] + i] = rows[r].ids[i];
     }
-    for (int64_t i = 0; i < t; ++i) {
-      // Padding repeats the row's last position: it is masked anyway, and
-      // stays inside a learned position table.
-      const int64_t last = std::max<int64_t>(in.lengths[r] - 1, 0);
-      pos_a[r][i] = in.starts[r] + std::min(i, last);
-      valid_a[r][i] = i < in.lengths[r];
-    }
   }
-  in.positions = positions.to(dev);
-  in.valid = valid.to(dev);
+  RowPositions(in.lengths, in.starts, t, dev, &in.positions, &in.valid);
 
   // Input embeddings [B, T, D], soft prompts in front of their rows' tokens.
   in.x = EmbedTokens(ids.to(dev));

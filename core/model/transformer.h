@@ -85,6 +85,26 @@ struct ForwardOutput {
   std::vector<int64_t> lengths;  // per row: P + number of ids
 };
 
+// One row of the joint (upper) stack of late interaction: the states of its
+// segments after the lower L' layers, concatenated in order after an
+// optional soft prompt. The prompt, the segment embeddings and the adapter
+// act only in layers L'..L-1, so the segments' lower states do not depend on
+// the task and can be cached (see EncodeSegments).
+struct JointRowInput {
+  // Soft prompt [P, D] entering at layer L', before the segments; undefined
+  // for none. May require grad.
+  torch::Tensor prompt;
+  // Each segment's states [N_i, D] from EncodeSegments with the same L'.
+  std::vector<torch::Tensor> segments;
+  // Empty, or one [D] vector per segment added to every position of that
+  // segment as it enters layer L' (learned segment embeddings; an undefined
+  // entry adds nothing). May require grad.
+  std::vector<torch::Tensor> segment_embeddings;
+  // Adapter shaped for all L layers, of which only layers L'..L-1 are
+  // applied. Undefined for none.
+  RowAdapter adapter;
+};
+
 struct LoadOptions {
   DeviceChoice device;
   // Load the tokenizer of the model directory when it has one.
@@ -131,6 +151,37 @@ class TransformerLM {
       const std::vector<RowInput>& rows, KVCache* cache = nullptr,
       const ForwardOptions& options = {}) const;
 
+  // Late interaction (M6-Rec), lower half: runs each segment alone through
+  // layers 0..lower_layers-1, its positions starting at 0, and returns its
+  // residual stream entering layer `lower_layers`: one [N_i, D] tensor per
+  // segment in the model's dtype, on its device, owning its memory, with no
+  // autograd history. Segments are batched with padding; a segment's states
+  // do not depend on the other segments of the call. With lower_layers 0 the
+  // states are the token embeddings (GPT-2's learned positions are then
+  // added in the joint stack, at the row's positions, as in Forward).
+  // Thread-safe. Errors: InvalidArgument for lower_layers outside [0, L], an
+  // empty segment or an id outside the vocabulary (naming the segment), a
+  // segment longer than GPT-2's position table; Internal for a LibTorch
+  // failure.
+  absl::StatusOr<std::vector<torch::Tensor>> EncodeSegments(
+      const std::vector<std::vector<int32_t>>& segments,
+      int64_t lower_layers) const;
+
+  // Late interaction, upper half: runs each row's prompt and segment states
+  // (plus segment embeddings) through layers lower_layers..L-1, causally,
+  // at positions 0..P+N-1 of the concatenation, then the final norm and the
+  // logits `options` ask for. Output as Forward's. With lower_layers 0 and
+  // states from EncodeSegments, equals Forward on the concatenated tokens.
+  // With lower_layers > 0, GPT-2's learned positions were added per segment
+  // and are not added again. Autograd reaches the prompt, the segment
+  // embeddings and the adapter. Thread-safe. Errors: InvalidArgument naming
+  // the row (and segment) for lower_layers outside [0, L], states or
+  // embeddings of the wrong shape, a row with nothing in it, a bad adapter;
+  // Internal for a LibTorch failure.
+  absl::StatusOr<ForwardOutput> ForwardJoint(
+      const std::vector<JointRowInput>& rows, int64_t lower_layers,
+      const ForwardOptions& options = {}) const;
+
   // An empty cache for `rows` rows on the model's device and dtype.
   KVCache NewCache(int64_t rows) const;
 
@@ -159,6 +210,13 @@ class TransformerLM {
                    const ForwardOptions& options, ForwardOutput* out) const;
   CallInputs PrepareInputs(const std::vector<RowInput>& rows,
                            KVCache* cache) const;
+  // The joint stack's inputs: prompt and segment states concatenated per
+  // row, right-padded, at positions from 0.
+  CallInputs PrepareJointInputs(const std::vector<JointRowInput>& rows,
+                                int64_t lower_layers) const;
+  // Final norm, logits, validity and positions of a finished call.
+  void FinishOutput(torch::Tensor x, CallInputs in,
+                    const ForwardOptions& options, ForwardOutput* out) const;
 
   std::string dir_;
   ModelConfig config_;

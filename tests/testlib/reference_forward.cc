@@ -227,23 +227,15 @@ std::vector<Vec> EmbedInputs(const ReferenceConfig& c, const Vec& embed,
   return x;
 }
 
-std::vector<Vec> LlamaForward(const ReferenceConfig& c,
-                              const ReferenceWeights& weights,
-                              const std::vector<int>& ids,
-                              const std::vector<Vec>& prefix) {
+// Layers [begin, end) of the Llama family on x [S][D], at positions
+// 0..S-1. False (with a failure recorded) on a missing weight.
+bool LlamaLayers(const ReferenceConfig& c, const ReferenceWeights& weights,
+                 std::vector<Vec>& x, int begin, int end) {
   const int64_t d = c.hidden, h = c.heads, k = c.kv_heads, e = c.head_dim;
-  const int64_t f = c.ffn, v = c.vocab;
+  const int64_t f = c.ffn;
   WeightFinder w(weights);
-  const Vec* embed = w.Need("model.embed_tokens.weight", {v, d});
-  const Vec* final_norm = w.Need("model.norm.weight", {d});
-  const Vec* out_w = c.tied ? embed : w.Need("lm_head.weight", {v, d});
-  if (!w.ok()) return {};
-
-  std::vector<Vec> x = EmbedInputs(c, *embed, ids, prefix);  // [S][D]
-  if (x.empty()) return {};
   const size_t positions = x.size();
-
-  for (int layer = 0; layer < c.layers; ++layer) {
+  for (int layer = begin; layer < end; ++layer) {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
     const std::string a = p + "self_attn.";
     const Vec* in_norm = w.Need(p + "input_layernorm.weight", {d});
@@ -260,7 +252,7 @@ std::vector<Vec> LlamaForward(const ReferenceConfig& c,
     const Vec* gate = w.Need(p + "mlp.gate_proj.weight", {f, d});
     const Vec* up = w.Need(p + "mlp.up_proj.weight", {f, d});
     const Vec* down = w.Need(p + "mlp.down_proj.weight", {d, f});
-    if (!w.ok()) return {};
+    if (!w.ok()) return false;
 
     // Attention block.
     std::vector<Vec> q(positions), kk(positions), vv(positions);
@@ -296,45 +288,18 @@ std::vector<Vec> LlamaForward(const ReferenceConfig& c,
       for (int64_t i = 0; i < d; ++i) x[s][i] += out[i];
     }
   }
-  for (Vec& row : x) row = RmsNorm(row, *final_norm, c.eps);
-  return Logits(x, *out_w, c.vocab);
+  return true;
 }
 
-std::vector<Vec> Gpt2Forward(const ReferenceConfig& c,
-                             const ReferenceWeights& weights,
-                             const std::vector<int>& ids,
-                             const std::vector<Vec>& prefix) {
-  const int64_t d = c.hidden, h = c.heads, e = c.head_dim;
-  const int64_t f = c.ffn, v = c.vocab;
+// Layers [begin, end) of GPT-2 on x [S][D] (positions enter through the
+// learned table only, added by the caller). `root` is "" or "transformer.".
+bool Gpt2Layers(const ReferenceConfig& c, const ReferenceWeights& weights,
+                const std::string& root, std::vector<Vec>& x, int begin,
+                int end) {
+  const int64_t d = c.hidden, h = c.heads, e = c.head_dim, f = c.ffn;
   WeightFinder w(weights);
-  const std::string root =
-      w.Has("transformer.wte.weight") ? "transformer." : "";
-  const Vec* wte = w.Need(root + "wte.weight", {v, d});
-  auto wpe_it = weights.find(root + "wpe.weight");
-  const int64_t max_positions =
-      wpe_it == weights.end() || wpe_it->second.first.empty()
-          ? 0
-          : wpe_it->second.first[0];
-  const Vec* wpe = w.Need(root + "wpe.weight", {max_positions, d});
-  const Vec* lnf_w = w.Need(root + "ln_f.weight", {d});
-  const Vec* lnf_b = w.Need(root + "ln_f.bias", {d});
-  const Vec* out_w = c.tied ? wte : w.Need("lm_head.weight", {v, d});
-  if (!w.ok()) return {};
-
-  std::vector<Vec> x = EmbedInputs(c, *wte, ids, prefix);  // [S][D]
-  if (x.empty()) return {};
   const size_t positions = x.size();
-  if (static_cast<int64_t>(positions) > max_positions) {
-    ADD_FAILURE() << "reference forward: " << positions
-                  << " positions exceed the " << max_positions
-                  << " learned position embeddings";
-    return {};
-  }
-  for (size_t s = 0; s < positions; ++s) {
-    for (int64_t i = 0; i < d; ++i) x[s][i] += (*wpe)[s * d + i];
-  }
-
-  for (int layer = 0; layer < c.layers; ++layer) {
+  for (int layer = begin; layer < end; ++layer) {
     const std::string p = root + "h." + std::to_string(layer) + ".";
     const Vec* ln1_w = w.Need(p + "ln_1.weight", {d});
     const Vec* ln1_b = w.Need(p + "ln_1.bias", {d});
@@ -348,7 +313,7 @@ std::vector<Vec> Gpt2Forward(const ReferenceConfig& c,
     const Vec* fc_b = w.Need(p + "mlp.c_fc.bias", {f});
     const Vec* mproj_w = w.Need(p + "mlp.c_proj.weight", {f, d});
     const Vec* mproj_b = w.Need(p + "mlp.c_proj.bias", {d});
-    if (!w.ok()) return {};
+    if (!w.ok()) return false;
 
     // Attention block: c_attn gives q, k, v side by side.
     std::vector<Vec> q(positions), kk(positions), vv(positions);
@@ -375,8 +340,75 @@ std::vector<Vec> Gpt2Forward(const ReferenceConfig& c,
       for (int64_t i = 0; i < d; ++i) x[s][i] += out[i];
     }
   }
-  for (Vec& row : x) row = LayerNorm(row, *lnf_w, *lnf_b, c.eps);
-  return Logits(x, *out_w, c.vocab);
+  return true;
+}
+
+// The weights around the layers: embeddings, final norm, output matrix.
+struct Ends {
+  std::string root;  // GPT-2's "transformer." prefix, or ""
+  const Vec* embed = nullptr;
+  const Vec* wpe = nullptr;  // GPT-2 only
+  int64_t max_positions = 0;
+  const Vec* norm_w = nullptr;
+  const Vec* norm_b = nullptr;  // GPT-2 only
+  const Vec* out_w = nullptr;
+};
+
+bool FindEnds(const ReferenceConfig& c, const ReferenceWeights& weights,
+              Ends* ends) {
+  const int64_t d = c.hidden, v = c.vocab;
+  WeightFinder w(weights);
+  if (c.family == "llama") {
+    ends->embed = w.Need("model.embed_tokens.weight", {v, d});
+    ends->norm_w = w.Need("model.norm.weight", {d});
+  } else {
+    ends->root = w.Has("transformer.wte.weight") ? "transformer." : "";
+    ends->embed = w.Need(ends->root + "wte.weight", {v, d});
+    auto wpe_it = weights.find(ends->root + "wpe.weight");
+    ends->max_positions =
+        wpe_it == weights.end() || wpe_it->second.first.empty()
+            ? 0
+            : wpe_it->second.first[0];
+    ends->wpe = w.Need(ends->root + "wpe.weight", {ends->max_positions, d});
+    ends->norm_w = w.Need(ends->root + "ln_f.weight", {d});
+    ends->norm_b = w.Need(ends->root + "ln_f.bias", {d});
+  }
+  ends->out_w = c.tied ? ends->embed : w.Need("lm_head.weight", {v, d});
+  return w.ok();
+}
+
+// GPT-2: adds the learned position embeddings 0..S-1 to x [S][D]. False
+// (with a failure) when x is longer than the table. Llama: nothing.
+bool AddLearnedPositions(const ReferenceConfig& c, const Ends& ends,
+                         std::vector<Vec>& x) {
+  if (c.family != "gpt2") return true;
+  if (static_cast<int64_t>(x.size()) > ends.max_positions) {
+    ADD_FAILURE() << "reference forward: " << x.size()
+                  << " positions exceed the " << ends.max_positions
+                  << " learned position embeddings";
+    return false;
+  }
+  for (size_t s = 0; s < x.size(); ++s) {
+    for (int i = 0; i < c.hidden; ++i) x[s][i] += (*ends.wpe)[s * c.hidden + i];
+  }
+  return true;
+}
+
+bool RunLayers(const ReferenceConfig& c, const ReferenceWeights& weights,
+               const Ends& ends, std::vector<Vec>& x, int begin, int end) {
+  if (c.family == "llama") return LlamaLayers(c, weights, x, begin, end);
+  return Gpt2Layers(c, weights, ends.root, x, begin, end);
+}
+
+// Final norm and logits [S][V].
+std::vector<Vec> Head(const ReferenceConfig& c, const Ends& ends,
+                      std::vector<Vec> x) {
+  for (Vec& row : x) {
+    row = c.family == "llama"
+              ? RmsNorm(row, *ends.norm_w, c.eps)
+              : LayerNorm(row, *ends.norm_w, *ends.norm_b, c.eps);
+  }
+  return Logits(x, *ends.out_w, c.vocab);
 }
 
 // Checks the numbers a forward pass relies on; records a failure if not.
@@ -409,11 +441,57 @@ std::vector<std::vector<double>> ReferenceForward(
     const ReferenceConfig& config, const ReferenceWeights& weights,
     const std::vector<int>& ids,
     const std::vector<std::vector<double>>& prefix) {
-  if (!ConfigIsValid(config)) return {};
-  if (config.family == "llama") {
-    return LlamaForward(config, weights, ids, prefix);
+  Ends ends;
+  if (!ConfigIsValid(config) || !FindEnds(config, weights, &ends)) return {};
+  std::vector<Vec> x = EmbedInputs(config, *ends.embed, ids, prefix);
+  if (x.empty() || !AddLearnedPositions(config, ends, x) ||
+      !RunLayers(config, weights, ends, x, 0, config.layers)) {
+    return {};
   }
-  return Gpt2Forward(config, weights, ids, prefix);
+  return Head(config, ends, std::move(x));
+}
+
+std::vector<std::vector<double>> ReferenceLateInteraction(
+    const ReferenceConfig& config, const ReferenceWeights& weights,
+    const std::vector<std::vector<int>>& segments, int lower_layers,
+    const std::vector<std::vector<double>>& prefix,
+    const std::vector<std::vector<double>>& segment_embeddings) {
+  Ends ends;
+  if (!ConfigIsValid(config) || !FindEnds(config, weights, &ends)) return {};
+  if (lower_layers < 0 || lower_layers > config.layers ||
+      (!segment_embeddings.empty() &&
+       segment_embeddings.size() != segments.size())) {
+    ADD_FAILURE() << "reference late interaction: lower_layers " << lower_layers
+                  << " or " << segment_embeddings.size()
+                  << " segment embeddings do not fit";
+    return {};
+  }
+  std::vector<Vec> joint = prefix;  // [S][D]
+  for (size_t i = 0; i < segments.size(); ++i) {
+    // The segment alone, its positions from 0, through the lower layers.
+    std::vector<Vec> x = EmbedInputs(config, *ends.embed, segments[i], {});
+    if (x.empty()) return {};
+    if (lower_layers > 0 &&
+        (!AddLearnedPositions(config, ends, x) ||
+         !RunLayers(config, weights, ends, x, 0, lower_layers))) {
+      return {};
+    }
+    for (Vec& row : x) {
+      if (!segment_embeddings.empty()) {
+        for (int j = 0; j < config.hidden; ++j) {
+          row[j] += segment_embeddings[i][j];
+        }
+      }
+      joint.push_back(std::move(row));
+    }
+  }
+  if (lower_layers == 0 && !AddLearnedPositions(config, ends, joint)) {
+    return {};
+  }
+  if (!RunLayers(config, weights, ends, joint, lower_layers, config.layers)) {
+    return {};
+  }
+  return Head(config, ends, std::move(joint));
 }
 
 ReferenceWeights ReadAllWeights(const WeightStore& store) {

@@ -59,6 +59,19 @@ std::vector<std::vector<double>> ReferenceForward(
     const std::vector<int>& ids,
     const std::vector<std::vector<double>>& prefix = {});
 
+// Late interaction in the reference: each segment alone through layers
+// 0..lower_layers-1 at positions 0..N_i-1 (GPT-2: its learned positions
+// added to the segment's tokens when lower_layers > 0), then the prefix rows
+// followed by every segment's states (plus segment_embeddings[i] when
+// given, one [D] row per segment) through layers lower_layers..L-1 at
+// positions 0..S-1 (GPT-2: learned positions added there only when
+// lower_layers is 0); returns logits [S][V]. Failures as ReferenceForward.
+std::vector<std::vector<double>> ReferenceLateInteraction(
+    const ReferenceConfig& config, const ReferenceWeights& weights,
+    const std::vector<std::vector<int>>& segments, int lower_layers,
+    const std::vector<std::vector<double>>& prefix = {},
+    const std::vector<std::vector<double>>& segment_embeddings = {});
+
 // Every tensor of `store`, converted to double. A tensor that cannot be read
 // records a gtest failure and is left out.
 ReferenceWeights ReadAllWeights(const WeightStore& store);
