@@ -16,6 +16,9 @@
 #ifdef OPTREC_WITH_SERVER
 #include "server/cli/commands.h"
 #endif
+#ifdef OPTREC_WITH_CACHE_CLI
+#include "cache/cli/commands.h"
+#endif
 
 namespace {
 
@@ -45,6 +48,10 @@ constexpr Command kCommands[] = {
     {"eval", "evaluate a prompt module, or a task zero-shot", optrec::RunEval},
     {"baselines", "score non-LM baselines and the oracle on the shop world",
      optrec::RunBaselinesCommand},
+#endif
+#ifdef OPTREC_WITH_CACHE_CLI
+    {"cache", "warm the segment-state cache of late interaction",
+     optrec::RunCache},
 #endif
 #ifdef OPTREC_WITH_SERVER
     {"serve", "serve task modules over gRPC", optrec::RunServe},
