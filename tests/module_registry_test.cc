@@ -38,6 +38,29 @@ std::string WriteModule(const TransformerLM& model, const std::string& dir,
   return path;
 }
 
+TEST(ModuleRegistryTest, LateInteractionModulesAreRefusedUntilServed) {
+  auto model = LoadFixtureModel();
+  const std::string dir = MakeTempDir("registry-late");
+  nlohmann::json json = TestSpec("score");
+  json["templates"].erase(1);  // its special token cannot be segmented
+  json["lower_layers"] = 1;
+  auto spec = ParseTaskSpec(json, "late");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto task = MakeTaskContext(*spec, *model, SharedTuningFixture().world);
+  ASSERT_TRUE(task.ok()) << task.status();
+  auto module = PromptModule::Create(*spec, TuningMethod::kOption, *model,
+                                     *(*task)->encoder, 1);
+  ASSERT_TRUE(module.ok()) << module.status();
+  (*module)->info()["version"] = "late";
+  const std::string path = dir + "/ctr.late.safetensors";
+  ASSERT_TRUE((*module)->Save(path).ok());
+  ModuleRegistry registry(model);
+  auto loaded = registry.Load(path);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(loaded.status().message(), HasSubstr("late interaction"));
+  EXPECT_FALSE(registry.Resolve("ctr").ok());
+}
+
 TEST(ModuleRegistryTest, VersionsAreImmutableAndTheFirstIsTheDefault) {
   auto model = LoadFixtureModel();
   const std::string dir = MakeTempDir("registry");

@@ -121,6 +121,11 @@ absl::Status CheckCreate(const TaskSpec& spec, const TransformerLM& model,
         generated > 0 ? absl::StrCat(" + max_new_tokens ", generated) : "",
         " exceed the model's ", c.max_positions, " positions"));
   }
+  if (spec.lower_layers > c.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task ", spec.task, ": lower_layers ", spec.lower_layers,
+                     " exceeds the model's ", c.num_layers, " layers"));
+  }
   const size_t options =
       spec.kind == TaskKind::kScore ? spec.options.size() : 0;
   const size_t specials = SpecialTokenNames(spec).size();
@@ -191,10 +196,24 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::NewModule(
     }
     m->special_ = torch::stack(rows);
   }
+  if (spec.lower_layers > 0) {
+    // Segment embeddings start at zero: the segments enter the upper layers
+    // as the backbone computed them.
+    m->segment_ =
+        torch::zeros({SegmentRoles(spec), c.hidden_size}, torch::kFloat32);
+  }
   for (const auto& [name, t] : m->NamedTensors()) {
     t.requires_grad_(true);
   }
   return m;
+}
+
+int64_t PromptModule::SegmentRoles(const TaskSpec& spec) {
+  size_t parts = 0;
+  for (const TaskTemplate& t : spec.templates) {
+    parts = std::max(parts, t.input.size());
+  }
+  return static_cast<int64_t>(parts);
 }
 
 PromptModule::Named PromptModule::NamedTensors() const {
@@ -205,6 +224,7 @@ PromptModule::Named PromptModule::NamedTensors() const {
     out.emplace_back("head.bias", head_bias_);
   }
   if (special_.defined()) out.emplace_back("special", special_);
+  if (segment_.defined()) out.emplace_back("segment", segment_);
   if (item_.prompt.defined()) AddTower("item.", item_, &out);
   return out;
 }
@@ -280,6 +300,14 @@ absl::Status PromptModule::CheckSpecFits(const TaskSpec& other) const {
                    absl::StrJoin(SpecialTokenNames(spec_), ","),
                    absl::StrJoin(SpecialTokenNames(other), ","));
   }
+  if (other.lower_layers != spec_.lower_layers) {
+    return differs("lower_layers", absl::StrCat(spec_.lower_layers),
+                   absl::StrCat(other.lower_layers));
+  }
+  if (other.lower_layers > 0 && SegmentRoles(other) > SegmentRoles(spec_)) {
+    return differs("template parts", absl::StrCat(SegmentRoles(spec_)),
+                   absl::StrCat(SegmentRoles(other)));
+  }
   if (other.kind == TaskKind::kRetrieve &&
       other.embedding_dim != spec_.embedding_dim) {
     return differs("embedding_dim", absl::StrCat(spec_.embedding_dim),
@@ -320,6 +348,20 @@ RowInput PromptModule::MakeRow(const EncodedInput& in, bool item_tower) const {
     row.override_at = in.special_at;
     row.override_embeddings =
         special_.index_select(0, torch::tensor(index, torch::kInt64));
+  }
+  return row;
+}
+
+JointRowInput PromptModule::MakeJointRow(
+    const EncodedInput& in, std::vector<torch::Tensor> states) const {
+  JointRowInput row;
+  row.prompt = user_.prompt;
+  row.adapter = user_.adapter;
+  row.segments = std::move(states);
+  if (segment_.defined()) {
+    for (int part : in.segment_part) {
+      row.segment_embeddings.push_back(segment_[part]);
+    }
   }
   return row;
 }
@@ -487,6 +529,7 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Load(
   m->head_weight_ = take("head.weight");
   m->head_bias_ = take("head.bias");
   m->special_ = take("special");
+  m->segment_ = take("segment");
   if (!t.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": unexpected tensor '", t.begin()->first,
@@ -502,6 +545,19 @@ absl::StatusOr<std::shared_ptr<PromptModule>> PromptModule::Load(
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": tensor 'special' does not hold the spec's ",
                      names, " special tokens"));
+  }
+  const int64_t roles = SegmentRoles(m->spec_);
+  if (m->spec_.lower_layers > model.config().num_layers ||
+      (m->spec_.lower_layers > 0) != m->segment_.defined() ||
+      (m->segment_.defined() &&
+       m->segment_.sizes() !=
+           torch::IntArrayRef({roles, model.config().hidden_size}))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": lower_layers ", m->spec_.lower_layers,
+                     " does not fit the model's ", model.config().num_layers,
+                     " layers, or tensor 'segment' does not hold one [",
+                     model.config().hidden_size, "] embedding for each of the ",
+                     roles, " template parts"));
   }
   return m;
 }

@@ -13,6 +13,9 @@
 //   adapter.up      [L, R, D]  up[l](gelu(down[l] x)) in every layer
 //   adapter.scale   [L]
 //   special         [S, D]  embeddings of the templates' <|name|> tokens
+//   segment         [G, D]  late interaction (spec.lower_layers > 0): one
+//                           embedding per template part, added to that
+//                           part's segments as they enter the upper layers
 //   projection      [E, D]  retrieve: the user tower's projection
 //   item.prompt, item.adapter.*, item.projection: the item tower's own
 //
@@ -126,6 +129,16 @@ class PromptModule {
   // The row for one encoded input of a tower: ids, the tower's prompt and
   // adapter, and the special tokens' embeddings at their positions.
   RowInput MakeRow(const EncodedInput& in, bool item_tower) const;
+  // Late interaction: the joint row of one segmented input (score tasks),
+  // given its segments' lower-layer states [N_i, D] in order: the prompt,
+  // the adapter, and each segment's part embedding.
+  JointRowInput MakeJointRow(const EncodedInput& in,
+                             std::vector<torch::Tensor> states) const;
+  const torch::Tensor& segment() const { return segment_; }
+
+  // Segment embeddings a spec's module holds: the most parts any of its
+  // templates has.
+  static int64_t SegmentRoles(const TaskSpec& spec);
 
  private:
   PromptModule() = default;
@@ -146,6 +159,7 @@ class PromptModule {
   TowerWeights user_, item_;
   torch::Tensor head_weight_, head_bias_;  // [C, D], [C]: prompt method
   torch::Tensor special_;                  // [S, D] or undefined
+  torch::Tensor segment_;                  // [G, D] or undefined
 };
 
 }  // namespace optrec

@@ -197,11 +197,103 @@ absl::StatusOr<EncodedInput> InputEncoder::Encode(
   return out;
 }
 
+absl::StatusOr<EncodedInput> InputEncoder::EncodeSegmented(
+    const TaskTemplate& t, const FieldMap& fields, const FieldMap* item,
+    int64_t keep_list) const {
+  EncodedInput out;
+  const int32_t bos = tokenizer_.special().bos_id;
+  auto add = [&](const std::string& text, int part) -> absl::Status {
+    if (text.find_first_not_of(' ') == std::string::npos) return {};
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(text));
+    if (bos >= 0) ids.insert(ids.begin(), bos);
+    out.segments.push_back(std::move(ids));
+    out.segment_part.push_back(part);
+    return absl::OkStatus();
+  };
+  for (size_t p = 0; p < t.input.size(); ++p) {
+    const std::string& part = t.input[p];
+    const int index = static_cast<int>(p);
+    const std::string whole = WholeReference(part);
+    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
+    if (v != nullptr && v->is_list) {
+      const int64_t n = static_cast<int64_t>(v->list.size());
+      const int64_t begin =
+          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
+      for (int64_t i = begin; i < n; ++i) {
+        RETURN_IF_ERROR(add(v->list[i], index));
+      }
+      continue;
+    }
+    std::vector<RenderedPiece> pieces;
+    RETURN_IF_ERROR(AppendPart(part, fields, item, t, keep_list, &pieces));
+    std::string text;
+    for (const RenderedPiece& piece : pieces) {
+      if (piece.special) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("task ", spec_.task, ": special token <|", piece.text,
+                         "|> in a late-interaction template"));
+      }
+      text += piece.text;
+    }
+    RETURN_IF_ERROR(add(text, index));
+  }
+  if (out.segments.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "task ", spec_.task, ": template ", t.name, " rendered no segment"));
+  }
+  return out;
+}
+
+absl::StatusOr<EncodedInput> InputEncoder::FitSegments(
+    const TaskTemplate& t, const FieldMap& fields, const FieldMap* item,
+    int64_t longest_list) const {
+  int64_t keep = std::min<int64_t>(spec_.max_history, longest_list);
+  while (true) {
+    ASSIGN_OR_RETURN(EncodedInput in, EncodeSegmented(t, fields, item, keep));
+    int64_t n = 0;
+    for (const auto& seg : in.segments) n += static_cast<int64_t>(seg.size());
+    if (n <= spec_.max_tokens) return in;
+    if (keep > 0) {
+      --keep;
+      continue;
+    }
+    // Still too long without lists: cut tokens after BOS from the front of
+    // the first segments, dropping a segment left with nothing.
+    const int64_t head = tokenizer_.special().bos_id >= 0 ? 1 : 0;
+    int64_t cut = n - spec_.max_tokens;
+    size_t s = 0;
+    while (cut > 0 && s + 1 < in.segments.size()) {
+      std::vector<int32_t>& seg = in.segments[s];
+      const int64_t body = static_cast<int64_t>(seg.size()) - head;
+      if (body + head <= cut) {  // the whole segment goes
+        cut -= static_cast<int64_t>(seg.size());
+        in.segments.erase(in.segments.begin() + s);
+        in.segment_part.erase(in.segment_part.begin() + s);
+        continue;
+      }
+      const int64_t drop = std::min(cut, body);
+      seg.erase(seg.begin() + head, seg.begin() + head + drop);
+      cut -= drop;
+      ++s;
+    }
+    if (cut > 0) {  // one segment left, longer than the budget by itself
+      std::vector<int32_t>& seg = in.segments.back();
+      const int64_t body = static_cast<int64_t>(seg.size()) - head;
+      seg.erase(seg.begin() + head, seg.begin() + head + std::min(cut, body));
+    }
+    return in;
+  }
+}
+
 absl::StatusOr<EncodedInput> InputEncoder::EncodeFitted(
     const TaskTemplate& t, const FieldMap& fields, const FieldMap* item) const {
   int64_t longest = 0;
   for (const auto& [name, v] : fields) {
     if (v.is_list) longest = std::max<int64_t>(longest, v.list.size());
+  }
+  if (spec_.lower_layers > 0 && &t != &spec_.zero_shot.input &&
+      &t != &spec_.item_template) {
+    return FitSegments(t, fields, item, longest);
   }
   int64_t keep = std::min<int64_t>(spec_.max_history, longest);
   while (true) {

@@ -52,6 +52,13 @@ struct EncodedInput {
   // SpecialTokenNames(spec).
   std::vector<int64_t> special_at;
   std::vector<int> special_index;
+  // Late interaction (spec.lower_layers > 0): the input as segments instead
+  // of `ids` (then empty): each template part, or each kept element of a
+  // whole-list part, tokenized alone with BOS first; and for each segment
+  // the index of its part in the template (which segment embedding it
+  // gets).
+  std::vector<std::vector<int32_t>> segments;
+  std::vector<int> segment_part;
 };
 
 // Encodes a task's inputs. Immutable and thread-safe; borrows the spec,
@@ -63,7 +70,9 @@ class InputEncoder {
 
   // Template `template_index` over example `e`. When the ids exceed the
   // spec's max_tokens, the oldest list elements are dropped first; if the
-  // rest is still too long, tokens after BOS are cut from the front.
+  // rest is still too long, tokens after BOS are cut from the front. With
+  // the spec's lower_layers > 0 the result holds segments (see
+  // EncodedInput), fitted to max_tokens in all the same way.
   absl::StatusOr<EncodedInput> EncodeExample(const Example& e,
                                              size_t template_index) const;
   // Any template (the zero-shot one, say) over `e`, with the same budget.
@@ -88,6 +97,14 @@ class InputEncoder {
   absl::StatusOr<EncodedInput> EncodeFitted(const TaskTemplate& t,
                                             const FieldMap& fields,
                                             const FieldMap* item) const;
+  absl::StatusOr<EncodedInput> EncodeSegmented(const TaskTemplate& t,
+                                               const FieldMap& fields,
+                                               const FieldMap* item,
+                                               int64_t keep_list) const;
+  absl::StatusOr<EncodedInput> FitSegments(const TaskTemplate& t,
+                                           const FieldMap& fields,
+                                           const FieldMap* item,
+                                           int64_t longest_list) const;
 
   const TaskSpec& spec_;
   const Tokenizer& tokenizer_;

@@ -242,6 +242,7 @@ absl::StatusOr<TaskSpec> ParseTaskSpec(const nlohmann::json& j,
                              "adapter_rank",
                              "max_tokens",
                              "max_history",
+                             "lower_layers",
                              "options",
                              "label_field",
                              "positive_label",
@@ -293,6 +294,8 @@ absl::StatusOr<TaskSpec> ParseTaskSpec(const nlohmann::json& j,
   ASSIGN_OR_RETURN(s.max_tokens,
                    GetInt(j, "max_tokens", where, 320, 8, 1 << 20));
   ASSIGN_OR_RETURN(s.max_history, GetInt(j, "max_history", where, 10, 0, 1000));
+  ASSIGN_OR_RETURN(s.lower_layers,
+                   GetInt(j, "lower_layers", where, 0, 0, 4096));
   ASSIGN_OR_RETURN(s.label_field, GetString(j, "label_field", where, "label"));
   ASSIGN_OR_RETURN(s.candidates_field,
                    GetString(j, "candidates_field", where, ""));
@@ -384,16 +387,25 @@ absl::StatusOr<TaskSpec> ParseTaskSpec(const nlohmann::json& j,
     if (!names.insert(t.name).second) {
       return Bad(where, "templates", absl::StrCat("repeats the name ", t.name));
     }
-    if (s.kind == TaskKind::kGenerate) {
+    if (s.kind == TaskKind::kGenerate || s.lower_layers > 0) {
       for (const std::string& part : t.input) {
         if (HasSpecialMarker(part)) {
           return Bad(where, absl::StrCat("templates[", i, "].input"),
-                     "uses a <|special|> token, which generate tasks do not "
-                     "support");
+                     s.lower_layers > 0
+                         ? "uses a <|special|> token, which late interaction "
+                           "(lower_layers > 0) does not support: it would "
+                           "make a segment's lower states depend on the task"
+                         : "uses a <|special|> token, which generate tasks "
+                           "do not support");
         }
       }
     }
     s.templates.push_back(std::move(t));
+  }
+  if (s.lower_layers > 0 && s.kind != TaskKind::kScore) {
+    return Bad(where, "lower_layers",
+               "is only for score tasks (late interaction of generate and "
+               "retrieve tasks is not supported)");
   }
   if (s.TrainingTemplates().empty()) {
     return Bad(where, "templates", "are all held out; none is left to train");

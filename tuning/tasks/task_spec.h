@@ -96,6 +96,12 @@ struct TaskSpec {
   int64_t adapter_rank = 8;    // R of option_adapter
   int64_t max_tokens = 320;    // input budget; oldest history dropped first
   int64_t max_history = 10;    // newest list elements kept in a template
+  // Late interaction (score tasks): L', the lower layers each segment runs
+  // through alone. Each template part (each element of a whole-list part)
+  // is one segment, tokenized alone with BOS; the module's prompt, segment
+  // embeddings and adapter act in layers L'..L-1. 0 = the plain path: the
+  // rendered template as one row through every layer.
+  int64_t lower_layers = 0;
 
   // Score: the options, the example field holding the label, and (two
   // options) the label whose probability ranks examples for AUC.

@@ -1,6 +1,7 @@
 #include "tuning/tune/task_batch.h"
 
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "core/util/status_macros.h"
@@ -165,13 +166,21 @@ absl::StatusOr<PreparedExample> PrepareExample(const TaskContext& task,
 
 namespace {
 
-// The rows of every part, in part order (a retrieve part's user rows, then
-// its item rows). LibTorch errors propagate as exceptions.
+// Whether a part runs through late interaction (segments through the
+// lower layers, its rows through the upper ones).
+bool IsJoint(const BatchPart& part) {
+  return part.module != nullptr && part.task->spec.kind == TaskKind::kScore &&
+         part.task->spec.lower_layers > 0;
+}
+
+// The rows of every plain part, in part order (a retrieve part's user rows,
+// then its item rows). LibTorch errors propagate as exceptions.
 std::vector<RowInput> BatchRows(const std::vector<BatchPart>& parts,
                                 std::vector<PartRows>* layout) {
   std::vector<RowInput> rows;
   for (size_t i = 0; i < parts.size(); ++i) {
     const BatchPart& part = parts[i];
+    if (IsJoint(part)) continue;
     const PromptModule* m = part.module;
     (*layout)[i].first_user = static_cast<int64_t>(rows.size());
     for (const PreparedExample& e : part.examples) {
@@ -194,6 +203,48 @@ std::vector<RowInput> BatchRows(const std::vector<BatchPart>& parts,
   return rows;
 }
 
+// Runs the late-interaction parts whose spec has `lower_layers`: every
+// distinct segment of their examples once through the lower layers, then
+// one joint pass over all their rows. Sets their layout (rows of `out`).
+absl::Status RunJointParts(const TransformerLM& model,
+                           const std::vector<BatchPart>& parts,
+                           int64_t lower_layers, std::vector<PartRows>* layout,
+                           ForwardOutput* out) {
+  std::map<std::vector<int32_t>, size_t> index;  // segment ids -> unique
+  std::vector<std::vector<int32_t>> unique;
+  for (const BatchPart& part : parts) {
+    if (!IsJoint(part) || part.task->spec.lower_layers != lower_layers) {
+      continue;
+    }
+    for (const PreparedExample& e : part.examples) {
+      for (const std::vector<int32_t>& seg : e.input.segments) {
+        if (index.emplace(seg, unique.size()).second) unique.push_back(seg);
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<torch::Tensor> states,
+                   model.EncodeSegments(unique, lower_layers));
+  std::vector<JointRowInput> rows;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const BatchPart& part = parts[i];
+    if (!IsJoint(part) || part.task->spec.lower_layers != lower_layers) {
+      continue;
+    }
+    (*layout)[i].first_user = static_cast<int64_t>(rows.size());
+    for (const PreparedExample& e : part.examples) {
+      std::vector<torch::Tensor> own;
+      for (const std::vector<int32_t>& seg : e.input.segments) {
+        own.push_back(states[index.at(seg)]);
+      }
+      rows.push_back(part.module->MakeJointRow(e.input, std::move(own)));
+    }
+  }
+  ForwardOptions options;
+  options.logits = ForwardOptions::Logits::kNone;
+  ASSIGN_OR_RETURN(*out, model.ForwardJoint(rows, lower_layers, options));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
@@ -213,6 +264,12 @@ absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
             absl::StrCat("task ", part.task->spec.task,
                          ": an example without a module has no input tokens"));
       }
+      if (IsJoint(part) && e.input.segments.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task ", part.task->spec.task,
+            ": late interaction needs segmented inputs (lower_layers ",
+            part.task->spec.lower_layers, ")"));
+      }
     }
   }
   std::vector<PartRows> layout(parts.size());
@@ -225,13 +282,34 @@ absl::StatusOr<std::vector<PartOutput>> RunMixedBatch(
   }
   ForwardOptions options;
   options.logits = ForwardOptions::Logits::kNone;
-  ASSIGN_OR_RETURN(ForwardOutput out, model.Forward(rows, nullptr, options));
+  ForwardOutput out;
+  if (!rows.empty()) {
+    ASSIGN_OR_RETURN(out, model.Forward(rows, nullptr, options));
+  }
+  // Late-interaction parts: one joint pass per split.
+  std::map<int64_t, ForwardOutput> joint;
+  for (const BatchPart& part : parts) {
+    if (!IsJoint(part)) continue;
+    const int64_t lower = part.task->spec.lower_layers;
+    if (joint.count(lower) > 0) continue;
+    try {
+      RETURN_IF_ERROR(
+          RunJointParts(model, parts, lower, &layout, &joint[lower]));
+    } catch (const std::exception& e) {
+      return absl::InternalError(
+          absl::StrCat("building the late-interaction batch failed: ",
+                       TorchErrorMessage(e)));
+    }
+  }
   std::vector<PartOutput> results;
   try {
     for (size_t i = 0; i < parts.size(); ++i) {
       switch (parts[i].task->spec.kind) {
         case TaskKind::kScore:
-          results.push_back(ScoreLoss(parts[i], layout[i], out));
+          results.push_back(ScoreLoss(
+              parts[i], layout[i],
+              IsJoint(parts[i]) ? joint.at(parts[i].task->spec.lower_layers)
+                                : out));
           break;
         case TaskKind::kGenerate:
           results.push_back(GenerateLoss(parts[i], layout[i], out, model));
