@@ -31,8 +31,7 @@ absl::StatusOr<ModuleVersion> ModuleRegistry::Load(const std::string& path,
     // for late interaction would be served on inputs it was not trained on.
     return absl::FailedPreconditionError(absl::StrCat(
         path, ": the module was tuned for late interaction (lower_layers ",
-        module->spec().lower_layers,
-        "), which the server does not serve yet"));
+        module->spec().lower_layers, "), which the server does not serve yet"));
   }
   ModuleVersion entry;
   entry.task = module->spec().task;
