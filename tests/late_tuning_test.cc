@@ -168,7 +168,10 @@ TEST(LateBatchTest, ScoresAreTheCoreJointPassComposedByHand) {
     JointRowInput row;
     row.prompt = m.user().prompt;
     row.adapter = m.user().adapter;
-    row.segments = *states;
+    // The task's segment cache keeps states in bf16.
+    for (const torch::Tensor& st : *states) {
+      row.segments.push_back(st.to(torch::kBFloat16).to(torch::kFloat32));
+    }
     for (int p : in.segment_part) {
       row.segment_embeddings.push_back(m.segment()[p]);
     }
@@ -179,6 +182,32 @@ TEST(LateBatchTest, ScoresAreTheCoreJointPassComposedByHand) {
     EXPECT_LT((want - (*result)[0].logits[i]).abs().max().item<double>(), 1e-5)
         << "example " << i;
   }
+}
+
+TEST(LateBatchTest, CachedStatesGiveTheSameScoresWarmOrCold) {
+  auto model = LoadFixtureModel();
+  Late l = LoadLate(*model, LateSpec(), 6, 6);
+  ASSERT_NE(l.task->segment_cache, nullptr);
+  const BatchPart part = PartOf(l);
+  auto cold = RunMixedBatch(*model, {part});
+  ASSERT_TRUE(cold.ok()) << cold.status();
+  const CacheStats after_cold = l.task->segment_cache->stats();
+  EXPECT_GT(after_cold.entries, 0);
+  auto warm = RunMixedBatch(*model, {part});
+  ASSERT_TRUE(warm.ok()) << warm.status();
+  const CacheStats after_warm = l.task->segment_cache->stats();
+  EXPECT_EQ(after_warm.inserts, after_cold.inserts);  // nothing encoded again
+  EXPECT_GT(after_warm.hits, after_cold.hits);
+  EXPECT_TRUE(torch::equal((*cold)[0].logits, (*warm)[0].logits));
+
+  // Without the cache (f32 states): the same scores to bf16's rounding.
+  l.task->segment_cache = nullptr;
+  auto uncached = RunMixedBatch(*model, {part});
+  ASSERT_TRUE(uncached.ok()) << uncached.status();
+  const double diff =
+      ((*uncached)[0].logits - (*warm)[0].logits).abs().max().item<double>();
+  EXPECT_LT(diff, 0.05);
+  EXPECT_GT(diff, 0.0);  // the cache really held bf16
 }
 
 TEST(LateBatchTest, MixedWithPlainPartsSameLossesAndGradientsAsAlone) {

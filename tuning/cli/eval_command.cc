@@ -1,6 +1,8 @@
 // optrec eval: a task's metrics on a data split, with a prompt module or
 // zero-shot (tuning/tune/evaluate.h).
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,7 +30,10 @@ Args EvalArgs() {
       {
           {"model", "the frozen backbone the module was trained on"},
           {"world", "data root of the spec's data and catalog paths"},
-          {"module", "a module file written by optrec tune"},
+          {"module",
+           "a module file written by optrec tune; repeat it to compare "
+           "modules (a table of their metrics, splits and speed follows)",
+           true, true},
           {"task",
            "a task spec JSON (needed with --zero-shot; with "
            "--module, replaces the module's own spec for data paths "
@@ -67,6 +72,12 @@ std::string MetricsLine(const nlohmann::json& m) {
   return absl::StrJoin(parts, "  ");
 }
 
+// One module's (or the zero-shot backbone's) results on the split, one
+// JSON object per template, printed as they come.
+absl::StatusOr<nlohmann::json> EvaluateOne(
+    const Args& args, const std::shared_ptr<const TransformerLM>& model,
+    const std::string& module_path, EvalOptions eval);
+
 absl::Status Run(const Args& args) {
   if (args.Has("zero-shot") == args.Has("module")) {
     return absl::InvalidArgumentError(
@@ -81,7 +92,7 @@ absl::Status Run(const Args& args) {
         "--split must be train, valid or test, got '", split, "'"));
   }
   ASSIGN_OR_RETURN(int64_t limit, args.GetInt("limit"));
-  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed"));
+  RETURN_IF_ERROR(args.GetInt("seed").status());
   EvalOptions eval;
   eval.zero_shot = args.Has("zero-shot");
   eval.decode = !args.Has("no-decode");
@@ -97,10 +108,50 @@ absl::Status Run(const Args& args) {
                    ResolveDevice(args.Get("device"), args.Get("dtype")));
   ASSIGN_OR_RETURN(std::shared_ptr<const TransformerLM> model,
                    TransformerLM::Load(args.Get("model"), load));
+  nlohmann::json results = nlohmann::json::array();
+  std::vector<std::string> modules = args.GetAll("module");
+  if (modules.empty()) modules.push_back("");  // zero-shot
+  for (const std::string& path : modules) {
+    ASSIGN_OR_RETURN(nlohmann::json one, EvaluateOne(args, model, path, eval));
+    for (nlohmann::json& m : one) results.push_back(std::move(m));
+  }
+  if (modules.size() > 1) {
+    std::printf("\n%-28s %-15s %4s  %-22s %10s %12s\n", "module", "method",
+                "L'", "template", "metric", "examples/s");
+    for (const nlohmann::json& m : results) {
+      const std::string metric = m["select_metric"].get<std::string>();
+      const nlohmann::json& v =
+          m.contains(metric) ? m[metric] : nlohmann::json();
+      std::printf(
+          "%-28s %-15s %4lld  %-22s %10s %12.1f\n",
+          m["module_file"].get<std::string>().c_str(),
+          m["method"].get<std::string>().c_str(),
+          static_cast<long long>(m["lower_layers"].get<int64_t>()),
+          absl::StrCat(m["template"].get<std::string>(),
+                       m["held_out_template"].get<bool>() ? " (held out)" : "")
+              .c_str(),
+          v.is_number()
+              ? absl::StrFormat("%s %.4f", metric, v.get<double>()).c_str()
+              : "-",
+          m["examples_per_s"].get<double>());
+    }
+  }
+  if (args.Has("json")) {
+    RETURN_IF_ERROR(WriteFileAtomic(args.Get("json"), results.dump(2) + "\n"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> EvaluateOne(
+    const Args& args, const std::shared_ptr<const TransformerLM>& model,
+    const std::string& module_path, EvalOptions eval) {
+  const std::string split = args.Get("split");
+  ASSIGN_OR_RETURN(int64_t limit, args.GetInt("limit"));
+  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed"));
   std::shared_ptr<PromptModule> module;
   TaskSpec spec;
-  if (args.Has("module")) {
-    ASSIGN_OR_RETURN(module, PromptModule::Load(args.Get("module"), *model));
+  if (!module_path.empty()) {
+    ASSIGN_OR_RETURN(module, PromptModule::Load(module_path, *model));
     spec = module->spec();
   }
   if (args.Has("task")) {
@@ -141,12 +192,26 @@ absl::Status Run(const Args& args) {
              : "zero-shot";
   for (size_t t : templates) {
     eval.template_index = t;
+    const auto start = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(nlohmann::json m,
                      EvaluateTask(model, *task, examples, eval));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     const bool held_out = !eval.zero_shot && task->spec.templates[t].held_out;
     m["task"] = task->spec.task;
     m["split"] = split;
     m["module"] = who;
+    m["module_file"] =
+        module_path.empty()
+            ? std::string("zero-shot")
+            : std::filesystem::path(module_path).filename().string();
+    m["method"] = module ? TuningMethodName(module->method()) : "zero-shot";
+    m["lower_layers"] = task->spec.lower_layers;
+    m["select_metric"] = task->spec.SelectMetric();
+    // Whole-pass speed: late interaction's segments are encoded as they are
+    // first seen (the task's segment cache starts empty), then reused.
+    m["examples_per_s"] = static_cast<double>(examples.size()) / seconds;
     m["held_out_template"] = held_out;
     std::printf("%s %s, %s, template %s%s:\n  %s\n", task->spec.task.c_str(),
                 who.c_str(), split.c_str(),
@@ -159,10 +224,7 @@ absl::Status Run(const Args& args) {
     }
     results.push_back(std::move(m));
   }
-  if (args.Has("json")) {
-    RETURN_IF_ERROR(WriteFileAtomic(args.Get("json"), results.dump(2) + "\n"));
-  }
-  return absl::OkStatus();
+  return results;
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "cache/segment_key.h"
+#include "cache/sharded_lru_cache.h"
 #include "core/util/status_macros.h"
 #include "core/util/torch_errors.h"
 
@@ -126,6 +128,11 @@ absl::StatusOr<std::unique_ptr<TaskContext>> MakeTaskContext(
                      Catalog::Load(ResolveDataPath(data_root, spec.catalog),
                                    spec.catalog_id_field, refs.catalog));
   }
+  if (spec.lower_layers > 0) {
+    ShardedLruCache::Options cache;
+    cache.capacity_bytes = kTaskSegmentCacheBytes;
+    ASSIGN_OR_RETURN(task->segment_cache, ShardedLruCache::Create(cache));
+  }
   task->tokenizer = model.shared_tokenizer();
   task->encoder = std::make_unique<InputEncoder>(task->spec, *task->tokenizer,
                                                  task->catalog.get());
@@ -203,39 +210,64 @@ std::vector<RowInput> BatchRows(const std::vector<BatchPart>& parts,
   return rows;
 }
 
-// Runs the late-interaction parts whose spec has `lower_layers`: every
-// distinct segment of their examples once through the lower layers, then
-// one joint pass over all their rows. Sets their layout (rows of `out`).
+// The lower-layer states of every segment of a late-interaction part's
+// examples, in order: from the task's segment cache (misses encoded in one
+// batch), or encoded here, each distinct segment once.
+absl::StatusOr<std::vector<torch::Tensor>> PartStates(
+    const TransformerLM& model, const BatchPart& part) {
+  const int64_t lower = part.task->spec.lower_layers;
+  std::vector<const std::vector<int32_t>*> segments;
+  for (const PreparedExample& e : part.examples) {
+    for (const std::vector<int32_t>& seg : e.input.segments) {
+      segments.push_back(&seg);
+    }
+  }
+  SegmentStateCache* cache = part.task->segment_cache.get();
+  if (cache != nullptr) {
+    std::vector<SegmentKey> keys;
+    for (const auto* seg : segments) {
+      keys.push_back(SegmentKey::Make(model.fingerprint(), lower, *seg));
+    }
+    return cache->GetOrEncode(keys, [&](const std::vector<size_t>& missing) {
+      std::vector<std::vector<int32_t>> batch;
+      for (size_t i : missing) batch.push_back(*segments[i]);
+      return model.EncodeSegments(batch, lower);
+    });
+  }
+  std::map<std::vector<int32_t>, size_t> index;  // segment ids -> unique
+  std::vector<std::vector<int32_t>> unique;
+  for (const auto* seg : segments) {
+    if (index.emplace(*seg, unique.size()).second) unique.push_back(*seg);
+  }
+  ASSIGN_OR_RETURN(std::vector<torch::Tensor> states,
+                   model.EncodeSegments(unique, lower));
+  std::vector<torch::Tensor> out;
+  for (const auto* seg : segments) out.push_back(states[index.at(*seg)]);
+  return out;
+}
+
+// Runs the late-interaction parts whose spec has `lower_layers`: their
+// segments' lower-layer states (PartStates), then one joint pass over all
+// their rows. Sets their layout (rows of `out`).
 absl::Status RunJointParts(const TransformerLM& model,
                            const std::vector<BatchPart>& parts,
                            int64_t lower_layers, std::vector<PartRows>* layout,
                            ForwardOutput* out) {
-  std::map<std::vector<int32_t>, size_t> index;  // segment ids -> unique
-  std::vector<std::vector<int32_t>> unique;
-  for (const BatchPart& part : parts) {
-    if (!IsJoint(part) || part.task->spec.lower_layers != lower_layers) {
-      continue;
-    }
-    for (const PreparedExample& e : part.examples) {
-      for (const std::vector<int32_t>& seg : e.input.segments) {
-        if (index.emplace(seg, unique.size()).second) unique.push_back(seg);
-      }
-    }
-  }
-  ASSIGN_OR_RETURN(std::vector<torch::Tensor> states,
-                   model.EncodeSegments(unique, lower_layers));
   std::vector<JointRowInput> rows;
   for (size_t i = 0; i < parts.size(); ++i) {
     const BatchPart& part = parts[i];
     if (!IsJoint(part) || part.task->spec.lower_layers != lower_layers) {
       continue;
     }
+    ASSIGN_OR_RETURN(std::vector<torch::Tensor> states,
+                     PartStates(model, part));
     (*layout)[i].first_user = static_cast<int64_t>(rows.size());
+    size_t next = 0;
     for (const PreparedExample& e : part.examples) {
-      std::vector<torch::Tensor> own;
-      for (const std::vector<int32_t>& seg : e.input.segments) {
-        own.push_back(states[index.at(seg)]);
-      }
+      std::vector<torch::Tensor> own(
+          states.begin() + next,
+          states.begin() + next + e.input.segments.size());
+      next += e.input.segments.size();
       rows.push_back(part.module->MakeJointRow(e.input, std::move(own)));
     }
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "cache/state_cache.h"
 #include "core/model/transformer.h"
 #include "tuning/module/prompt_module.h"
 #include "tuning/tasks/examples.h"
@@ -34,16 +35,25 @@ struct TaskContext {
   std::shared_ptr<const Catalog> catalog;      // null when the task has none
   std::unique_ptr<InputEncoder> encoder;
   std::shared_ptr<PromptModule> module;
+  // Late interaction (spec.lower_layers > 0): the segments' lower-layer
+  // states, kept across steps and evaluations (bf16, as a server keeps
+  // them; a miss returns what a later hit will, so results do not depend
+  // on what is cached). Null for other tasks.
+  std::shared_ptr<SegmentStateCache> segment_cache;
 
   TaskContext() = default;
   TaskContext(const TaskContext&) = delete;
   TaskContext& operator=(const TaskContext&) = delete;
 };
 
+// Bytes the segment-state cache of a late-interaction task may hold.
+constexpr int64_t kTaskSegmentCacheBytes = int64_t{1} << 30;
+
 // Makes a context for `spec` over `model`'s tokenizer, loading the
-// catalog the spec names (relative paths under `data_root`). The module is
-// left null. FailedPrecondition when the model has no tokenizer; catalog
-// errors as Catalog::Load.
+// catalog the spec names (relative paths under `data_root`), with a
+// segment-state cache of kTaskSegmentCacheBytes when the spec has
+// lower_layers > 0. The module is left null. FailedPrecondition when the model
+// has no tokenizer; catalog errors as Catalog::Load.
 absl::StatusOr<std::unique_ptr<TaskContext>> MakeTaskContext(
     const TaskSpec& spec, const TransformerLM& model,
     const std::string& data_root);
