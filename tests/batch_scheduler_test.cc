@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "cache/sharded_lru_cache.h"
 #include "tests/testlib/tiny_models.h"
 #include "tests/testlib/tuning_fixture.h"
 #include "tuning/tune/task_batch.h"
@@ -321,6 +322,99 @@ TEST(BatchSchedulerTest, ConcurrentClientsGetTheirOwnResults) {
     ExpectMatches(f, requests[i], got[i]);
   }
   EXPECT_LT(s.counters().batches, static_cast<int64_t>(requests.size()));
+}
+
+}  // namespace
+}  // namespace optrec
+
+namespace optrec {
+namespace {
+
+// A late-interaction click task (L' = 1 of the fixture's 2 layers) next to
+// the plain one: the same computation as the tuning job's, batched with
+// plain rows, its segments cached across requests.
+TEST(LateSchedulerTest, LateRowsScoreAsInTuningAndShareTheSegmentCache) {
+  Fixture f;
+  nlohmann::json json = TestSpec("score");
+  json["templates"].erase(1);  // its special token cannot be segmented
+  json["lower_layers"] = 1;
+  auto spec = ParseTaskSpec(json, "late");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto task = MakeTaskContext(*spec, *f.model, SharedTuningFixture().world);
+  ASSERT_TRUE(task.ok()) << task.status();
+  auto module = PromptModule::Create(*spec, TuningMethod::kOptionAdapter,
+                                     *f.model, *(*task)->encoder, 7);
+  ASSERT_TRUE(module.ok());
+  torch::manual_seed(7);
+  PromptModule::Named values;
+  for (const auto& [name, t] : (*module)->NamedTensors()) {
+    values.emplace_back(name, torch::randn(t.sizes()) * 0.2);
+  }
+  ASSERT_TRUE((*module)->CopyFrom(values).ok());
+  (*task)->module = *module;
+
+  BatchRequest late;
+  late.module = *module;
+  BatchPart part;
+  part.task = task->get();
+  part.module = module->get();
+  for (size_t i = 0; i < 6; ++i) {
+    auto in = (*task)->encoder->EncodeExample(f.ctr_examples[i], 0);
+    ASSERT_TRUE(in.ok()) << in.status();
+    ASSERT_FALSE(in->segments.empty());
+    late.rows.push_back(*in);
+    PreparedExample p;
+    p.input = *in;
+    p.label = f.ctr_examples[i].label;
+    part.examples.push_back(p);
+  }
+  // The tuning job's computation (its own bf16 segment cache).
+  auto tuned = RunMixedBatch(*f.model, {part});
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  torch::Tensor want = torch::softmax((*tuned)[0].logits.detach(), -1);
+
+  ShardedLruCache::Options cache_options;
+  auto cache = ShardedLruCache::Create(cache_options);
+  ASSERT_TRUE(cache.ok());
+  std::shared_ptr<SegmentStateCache> shared = *std::move(cache);
+  SchedulerOptions o = WaitForFullBatches(9);
+  o.segment_cache = shared;
+  BatchScheduler s(f.model, o);
+  // One batch: 3 plain rows and the 6 late ones.
+  const BatchRequest plain = f.Score(0, 3);
+  auto plain_done = Start(s, plain);
+  auto late_done = Start(s, late);
+  ExpectMatches(f, plain, plain_done.get());
+  absl::StatusOr<BatchResult> got = late_done.get();
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (size_t i = 0; i < late.rows.size(); ++i) {
+    for (int64_t k = 0; k < want.size(1); ++k) {
+      EXPECT_NEAR((*got)[i][k], want[i][k].item<float>(), 2e-5) << i;
+    }
+  }
+  const CacheStats first = shared->stats();
+  EXPECT_GT(first.inserts, 0);
+
+  // The same request again: every segment is a hit, the result the same.
+  BatchScheduler again(f.model, [&] {
+    SchedulerOptions a;
+    a.segment_cache = shared;
+    a.max_queue_delay_us = 0;
+    return a;
+  }());
+  absl::StatusOr<BatchResult> second = RunToEnd(again, late);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, *got);
+  EXPECT_EQ(shared->stats().inserts, first.inserts);
+  EXPECT_GT(shared->stats().hits, first.hits);
+
+  // Plain token ids for a late module are refused at Submit.
+  BatchRequest wrong = f.Score(0, 1);
+  wrong.module = *module;
+  absl::StatusOr<BatchResult> refused = RunToEnd(again, wrong);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("late interaction"));
 }
 
 }  // namespace

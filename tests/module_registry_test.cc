@@ -38,7 +38,7 @@ std::string WriteModule(const TransformerLM& model, const std::string& dir,
   return path;
 }
 
-TEST(ModuleRegistryTest, LateInteractionModulesAreRefusedUntilServed) {
+TEST(ModuleRegistryTest, LateInteractionModulesLoadWithTheirSplit) {
   auto model = LoadFixtureModel();
   const std::string dir = MakeTempDir("registry-late");
   nlohmann::json json = TestSpec("score");
@@ -56,9 +56,12 @@ TEST(ModuleRegistryTest, LateInteractionModulesAreRefusedUntilServed) {
   ASSERT_TRUE((*module)->Save(path).ok());
   ModuleRegistry registry(model);
   auto loaded = registry.Load(path);
-  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(loaded.status().message(), HasSubstr("late interaction"));
-  EXPECT_FALSE(registry.Resolve("ctr").ok());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  auto served = registry.Resolve("ctr");
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_EQ(served->version, "late");
+  EXPECT_EQ(served->module->spec().lower_layers, 1);
+  EXPECT_TRUE(served->module->segment().defined());
 }
 
 TEST(ModuleRegistryTest, VersionsAreImmutableAndTheFirstIsTheDefault) {

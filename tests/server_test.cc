@@ -19,6 +19,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "cache/segment_key.h"
+#include "cache/state_file.h"
 #include "server/index/item_index.h"
 #include "tests/testlib/tiny_models.h"
 #include "tests/testlib/tuning_fixture.h"
@@ -625,6 +627,119 @@ TEST_F(TuningServiceTest, AJobRunsIsWatchedAndItsModuleRegistered) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+// A click module tuned for late interaction (L' = 1 of the fixture's 2
+// layers) under the task name ctr_late; returns its path.
+std::string WriteLateModule() {
+  auto model = LoadFixtureModel();
+  nlohmann::json json = TestSpec("score");
+  json["task"] = "ctr_late";
+  json["templates"].erase(1);  // its special token cannot be segmented
+  json["lower_layers"] = 1;
+  auto spec = ParseTaskSpec(json, "late");
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  auto task = MakeTaskContext(*spec, *model, SharedTuningFixture().world);
+  auto module = PromptModule::Create(*spec, TuningMethod::kOptionAdapter,
+                                     *model, *(*task)->encoder, 4);
+  EXPECT_TRUE(module.ok()) << module.status();
+  torch::manual_seed(4);
+  PromptModule::Named values;
+  for (const auto& [name, t] : (*module)->NamedTensors()) {
+    values.emplace_back(name, torch::randn(t.sizes()) * 0.2);
+  }
+  EXPECT_TRUE((*module)->CopyFrom(values).ok());
+  (*module)->info()["version"] = "l1";
+  const std::string path = MakeTempDir("late") + "/ctr_late.l1.safetensors";
+  EXPECT_TRUE((*module)->Save(path).ok());
+  return path;
+}
+
+TEST(LateServerTest, ScoreRunsTheUpperLayersOverCachedSegments) {
+  auto model = LoadFixtureModel();
+  const v1::ScoreRequest r = ScoreRequestFor(4, "ctr_late");
+  const Tokenizer& tok = *model->tokenizer();
+  // The candidates' segments, as the Score template renders them, encoded
+  // ahead into a state file; and a file of another split, to be skipped.
+  std::vector<std::vector<int32_t>> candidates;
+  for (int i = 0; i < r.candidates_size(); ++i) {
+    auto ids = tok.Encode(
+        "Shown: " + r.candidates(i).fields().at("candidate").text(), true);
+    ASSERT_TRUE(ids.ok());
+    candidates.push_back(*ids);
+  }
+  auto states = model->EncodeSegments(candidates, 1);
+  ASSERT_TRUE(states.ok()) << states.status();
+  std::vector<std::pair<SegmentKey, torch::Tensor>> entries;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    entries.emplace_back(
+        SegmentKey::Make(model->fingerprint(), 1, candidates[i]),
+        (*states)[i].to(torch::kBFloat16));
+  }
+  const std::string dir = MakeTempDir("late-states");
+  ASSERT_TRUE(
+      SaveStates(dir + "/items.states", model->fingerprint(), 1, entries).ok());
+
+  ServeOptions o;
+  o.listen = "127.0.0.1:0";
+  o.model_dir = SharedTuningFixture().model;
+  o.modules = {WriteLateModule()};
+  o.scheduler.max_queue_delay_us = 0;
+  o.late_interaction.state_files = {{dir + "/items.states", 1},
+                                    {dir + "/items.states", 2},  // foreign
+                                    {dir + "/missing.states", 1}};
+  o.metrics_listen = "127.0.0.1:0";
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
+                          grpc::InsecureChannelCredentials());
+  auto stub = v1::Recommender::NewStub(channel);
+  v1::ScoreResponse out;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Score(&context, r, &out);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(out.scores_size(), 4);
+  EXPECT_EQ(out.version(), "l1");
+
+  // By hand: every segment through the lower layer, rounded as the cache
+  // keeps it, then the module's joint pass.
+  auto v = (*server)->registry().Resolve("ctr_late");
+  ASSERT_TRUE(v.ok());
+  const PromptModule& m = *v->module;
+  InputEncoder encoder(m.spec(), tok, nullptr);
+  for (int i = 0; i < 4; ++i) {
+    Example e;
+    e.fields["profile"].text = r.context().at("profile").text();
+    e.fields["history"].is_list = true;
+    for (const auto& x : r.context().at("history").list().items()) {
+      e.fields["history"].list.push_back(x);
+    }
+    e.fields["candidate"].text =
+        r.candidates(i).fields().at("candidate").text();
+    auto in = encoder.EncodeWith(m.spec().templates[0], e);
+    ASSERT_TRUE(in.ok()) << in.status();
+    auto lower = model->EncodeSegments(in->segments, 1);
+    ASSERT_TRUE(lower.ok());
+    std::vector<torch::Tensor> rounded;
+    for (const torch::Tensor& t : *lower) {
+      rounded.push_back(t.to(torch::kBFloat16).to(torch::kFloat32));
+    }
+    torch::NoGradGuard no_grad;
+    auto joint = model->ForwardJoint({m.MakeJointRow(*in, rounded)}, 1);
+    ASSERT_TRUE(joint.ok()) << joint.status();
+    torch::Tensor h = joint->hidden[0][joint->lengths[0] - 1].unsqueeze(0);
+    torch::Tensor p = torch::softmax(m.OptionLogits(h), -1)[0];
+    EXPECT_NEAR(out.scores(i).probabilities(1), p[1].item<float>(), 2e-5)
+        << "candidate " << i;
+  }
+  // The four candidates came from the state file; the profile, the two
+  // behaviours and the closing words were encoded, once each, though every
+  // candidate row holds them.
+  const std::string page = HttpGet((*server)->metrics_port(), "/metrics");
+  EXPECT_THAT(page, HasSubstr("optrec_segment_cache_hits_total 4\n"));
+  EXPECT_THAT(page, HasSubstr("optrec_segment_cache_misses_total 4\n"));
+  EXPECT_THAT(page, HasSubstr("optrec_segment_cache_entries 8\n"));
+}
+
 TEST(ServerConfigTest, ConfigFieldsAreCheckedByName) {
   ServeOptions o;
   EXPECT_TRUE(ApplyServeConfig({{"listen", "0.0.0.0:1"},
@@ -644,6 +759,44 @@ TEST(ServerConfigTest, ConfigFieldsAreCheckedByName) {
   o.scheduler.max_queued_rows = 1;
   EXPECT_THAT(std::string(ValidateServeOptions(o).message()),
               HasSubstr("batching.max_queued_rows"));
+}
+
+TEST(ServerConfigTest, EveryDocumentedFieldIsAccepted) {
+  ServeOptions o;
+  const nlohmann::json config = {
+      {"listen", "127.0.0.1:0"},
+      {"model_dir", "m"},
+      {"device", "cpu"},
+      {"dtype", "f32"},
+      {"modules", {"a.safetensors"}},
+      {"indexes", {"idx"}},
+      {"batching", {{"max_batch_rows", 8}, {"runner_threads", 2}}},
+      {"generation", {{"max_active", 4}, {"max_queued", 9}}},
+      {"limits", {{"max_candidates", 10}, {"max_retrieve_k", 5}}},
+      {"late_interaction",
+       {{"cache_bytes", 1 << 20},
+        {"storage", "f16"},
+        {"state_files", {{{"path", "s.states"}, {"lower_layers", 6}}}}}},
+      {"jobs_dir", "jobs"},
+      {"tuning_workers", 2},
+      {"metrics_listen", "127.0.0.1:0"},
+      {"max_message_bytes", 1 << 20},
+      {"shutdown_grace_ms", 500}};
+  absl::Status applied = ApplyServeConfig(config, &o);
+  ASSERT_TRUE(applied.ok()) << applied;
+  EXPECT_EQ(o.indexes, std::vector<std::string>{"idx"});
+  EXPECT_EQ(o.generation.max_active, 4);
+  EXPECT_EQ(o.jobs_dir, "jobs");
+  EXPECT_EQ(o.tuning_workers, 2);
+  EXPECT_EQ(o.metrics_listen, "127.0.0.1:0");
+  EXPECT_EQ(o.late_interaction.cache_bytes, 1 << 20);
+  EXPECT_EQ(o.late_interaction.storage, "f16");
+  ASSERT_EQ(o.late_interaction.state_files.size(), 1u);
+  EXPECT_EQ(o.late_interaction.state_files[0].lower_layers, 6);
+  EXPECT_TRUE(ValidateServeOptions(o).ok()) << ValidateServeOptions(o);
+  o.late_interaction.storage = "int8";
+  EXPECT_THAT(std::string(ValidateServeOptions(o).message()),
+              HasSubstr("late_interaction.storage"));
 }
 
 }  // namespace

@@ -26,13 +26,6 @@ absl::StatusOr<ModuleVersion> ModuleRegistry::Load(const std::string& path,
   // The file is read and checked outside the lock: requests keep flowing.
   ASSIGN_OR_RETURN(std::shared_ptr<PromptModule> module,
                    PromptModule::Load(path, *model_));
-  if (module->spec().lower_layers > 0) {
-    // Score runs every candidate row through all layers; a module trained
-    // for late interaction would be served on inputs it was not trained on.
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": the module was tuned for late interaction (lower_layers ",
-        module->spec().lower_layers, "), which the server does not serve yet"));
-  }
   ModuleVersion entry;
   entry.task = module->spec().task;
   entry.path = path;

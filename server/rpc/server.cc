@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cache/sharded_lru_cache.h"
+#include "cache/state_file.h"
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
 
@@ -58,8 +60,10 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
   }
   RETURN_IF_ERROR(
       Unknown(c, "",
-              {"listen", "model_dir", "device", "dtype", "modules", "batching",
-               "limits", "max_message_bytes", "shutdown_grace_ms"}));
+              {"listen", "model_dir", "device", "dtype", "modules", "indexes",
+               "batching", "generation", "limits", "late_interaction",
+               "jobs_dir", "tuning_workers", "metrics_listen",
+               "max_message_bytes", "shutdown_grace_ms"}));
   RETURN_IF_ERROR(Read(c, "listen", "", &o->listen));
   RETURN_IF_ERROR(Read(c, "model_dir", "", &o->model_dir));
   RETURN_IF_ERROR(Read(c, "device", "", &o->device));
@@ -104,6 +108,41 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
     RETURN_IF_ERROR(
         Read(b, "max_queued_rows", "batching.", &s.max_queued_rows));
     RETURN_IF_ERROR(Read(b, "runner_threads", "batching.", &s.runner_threads));
+  }
+  if (c.contains("late_interaction")) {
+    const Json& l = c["late_interaction"];
+    if (!l.is_object()) {
+      return absl::InvalidArgumentError(
+          "config: 'late_interaction' must be an object");
+    }
+    RETURN_IF_ERROR(Unknown(l, "late_interaction.",
+                            {"cache_bytes", "storage", "state_files"}));
+    ServeOptions::LateInteraction& li = o->late_interaction;
+    RETURN_IF_ERROR(
+        Read(l, "cache_bytes", "late_interaction.", &li.cache_bytes));
+    RETURN_IF_ERROR(Read(l, "storage", "late_interaction.", &li.storage));
+    if (l.contains("state_files")) {
+      if (!l["state_files"].is_array()) {
+        return absl::InvalidArgumentError(
+            "config: 'late_interaction.state_files' must be a list");
+      }
+      li.state_files.clear();
+      for (const Json& f : l["state_files"]) {
+        if (!f.is_object()) {
+          return absl::InvalidArgumentError(
+              "config: 'late_interaction.state_files' must hold objects "
+              "{\"path\", \"lower_layers\"}");
+        }
+        RETURN_IF_ERROR(Unknown(f, "late_interaction.state_files.",
+                                {"path", "lower_layers"}));
+        ServeOptions::LateInteraction::StateFile file;
+        RETURN_IF_ERROR(
+            Read(f, "path", "late_interaction.state_files.", &file.path));
+        RETURN_IF_ERROR(Read(f, "lower_layers", "late_interaction.state_files.",
+                             &file.lower_layers));
+        li.state_files.push_back(std::move(file));
+      }
+    }
   }
   if (c.contains("generation")) {
     const Json& g = c["generation"];
@@ -155,6 +194,17 @@ absl::Status ValidateServeOptions(const ServeOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("generation.", generation.message()));
   }
+  const ServeOptions::LateInteraction& li = o.late_interaction;
+  if (li.cache_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "late_interaction.cache_bytes: must not be negative");
+  }
+  if (li.storage != "bf16" && li.storage != "f16" && li.storage != "f32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("late_interaction.storage: must be bf16, f16 or f32, "
+                     "not '",
+                     li.storage, "'"));
+  }
   absl::Status batching = ValidateSchedulerOptions(o.scheduler);
   if (!batching.ok()) {
     return absl::InvalidArgumentError(
@@ -183,7 +233,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
     RETURN_IF_ERROR(s->indexes_.Load(dir, *s->registry_));
     LOG_INFO << "loaded retrieval index " << dir;
   }
-  s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, o.scheduler);
+  SchedulerOptions scheduling = o.scheduler;
+  ASSIGN_OR_RETURN(scheduling.segment_cache, s->MakeSegmentCache());
+  s->segment_cache_ = scheduling.segment_cache;
+  s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, scheduling);
   s->generation_ = std::make_unique<GenerationLoop>(s->model_, o.generation);
   s->RegisterMetrics();
   s->recommender_ = std::make_unique<RecommenderService>(
@@ -225,7 +278,57 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   return s;
 }
 
+absl::StatusOr<std::shared_ptr<SegmentStateCache>> Server::MakeSegmentCache() {
+  const ServeOptions::LateInteraction& li = options_.late_interaction;
+  if (li.cache_bytes == 0) return std::shared_ptr<SegmentStateCache>();
+  ShardedLruCache::Options c;
+  c.capacity_bytes = li.cache_bytes;
+  c.storage_dtype = li.storage == "bf16"  ? torch::kBFloat16
+                    : li.storage == "f16" ? torch::kFloat16
+                                          : torch::kFloat32;
+  c.num_shards = static_cast<int>(
+      std::min<int64_t>(c.num_shards, std::max<int64_t>(1, li.cache_bytes)));
+  absl::StatusOr<std::unique_ptr<ShardedLruCache>> made =
+      ShardedLruCache::Create(c);
+  if (!made.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("late_interaction: ", made.status().message()));
+  }
+  std::shared_ptr<SegmentStateCache> cache = *std::move(made);
+  for (const auto& file : li.state_files) {
+    absl::StatusOr<LoadedStates> loaded = LoadStates(
+        file.path, model_->fingerprint(), file.lower_layers, cache.get());
+    if (!loaded.ok()) {
+      LOG_WARNING << "segment states not loaded, starting without them: "
+                  << loaded.status();
+      continue;
+    }
+    LOG_INFO << "loaded " << loaded->inserted << " of " << loaded->entries
+             << " segment states (L' = " << file.lower_layers << ") from "
+             << file.path;
+  }
+  return cache;
+}
+
 void Server::RegisterMetrics() {
+  if (segment_cache_ != nullptr) {
+    SegmentStateCache* cache = segment_cache_.get();
+    metrics_.CounterFunc("optrec_segment_cache_hits_total",
+                         "segment states found in the cache",
+                         [cache] { return cache->stats().hits; });
+    metrics_.CounterFunc("optrec_segment_cache_misses_total",
+                         "segment states not in the cache (then encoded)",
+                         [cache] { return cache->stats().misses; });
+    metrics_.CounterFunc("optrec_segment_cache_evictions_total",
+                         "segment states evicted to make room",
+                         [cache] { return cache->stats().evictions; });
+    metrics_.Gauge("optrec_segment_cache_bytes",
+                   "bytes held by the segment-state cache",
+                   [cache] { return cache->stats().bytes; });
+    metrics_.Gauge("optrec_segment_cache_entries",
+                   "segments held by the segment-state cache",
+                   [cache] { return cache->stats().entries; });
+  }
   metrics_.Gauge("optrec_queued_rows", "Score and Embed rows waiting",
                  [this] { return scheduler_->queued_rows(); });
   metrics_.Gauge("optrec_generation_active", "sequences being decoded",

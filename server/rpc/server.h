@@ -39,6 +39,22 @@ struct ServeOptions {
   // version recorded in it, which `modules` must load.
   std::vector<std::string> indexes;
   SchedulerOptions scheduler;
+  // The segment-state cache of late-interaction modules.
+  struct LateInteraction {
+    // Bound on the cached states' bytes; 0 = no cache (each batch encodes
+    // its segments).
+    int64_t cache_bytes = int64_t{1} << 30;
+    // "bf16", "f16" or "f32": how states are kept.
+    std::string storage = "bf16";
+    // State files (optrec cache warm) loaded at start, each with the split
+    // it holds. A missing, corrupt or foreign file is skipped with a
+    // warning: the server starts colder, never serves from it.
+    struct StateFile {
+      std::string path;
+      int64_t lower_layers = 0;
+    };
+    std::vector<StateFile> state_files;
+  } late_interaction;
   GenerationLoopOptions generation;
   RequestLimits limits;
   // Tuning jobs' records and checkpoints; "" = no Tuning service.
@@ -60,7 +76,9 @@ struct ServeOptions {
 // under "batching" ("max_batch_rows", "max_batch_tokens",
 // "max_queue_delay_us", "max_queued_rows", "runner_threads"), the
 // generation loop's under "generation" ("max_active", "max_queued") and the
-// request limits under "limits" ("max_candidates", "max_retrieve_k").
+// request limits under "limits" ("max_candidates", "max_retrieve_k"), and
+// the segment-state cache under "late_interaction" ("cache_bytes",
+// "storage", "state_files": [{"path", "lower_layers"}]).
 // Fields left out keep
 // the values in `options`. InvalidArgument naming the field for unknown
 // fields and values of the wrong type.
@@ -100,6 +118,10 @@ class Server {
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::shared_ptr<const TransformerLM> model_;
   std::unique_ptr<ModuleRegistry> registry_;
+  // The segment-state cache from options_.late_interaction (null for
+  // cache_bytes 0), with its state files loaded.
+  absl::StatusOr<std::shared_ptr<SegmentStateCache>> MakeSegmentCache();
+  std::shared_ptr<SegmentStateCache> segment_cache_;
   std::unique_ptr<BatchScheduler> scheduler_;
   std::unique_ptr<GenerationLoop> generation_;
   IndexSet indexes_;

@@ -1,9 +1,12 @@
 #include "server/scheduler/batch_scheduler.h"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cache/segment_key.h"
+#include "core/util/status_macros.h"
 #include "core/util/torch_errors.h"
 
 namespace optrec {
@@ -17,6 +20,29 @@ class RealClock : public Clock {
 // How often a waiting runner looks again at deadlines and cancellations
 // when nothing else wakes it.
 constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
+
+// Tokens of a row's input: its ids, or the sum of its segments.
+int64_t InputTokens(const EncodedInput& in) {
+  int64_t n = static_cast<int64_t>(in.ids.size());
+  for (const auto& seg : in.segments) n += static_cast<int64_t>(seg.size());
+  return n;
+}
+
+bool IsLate(const PromptModule& module) {
+  return module.spec().lower_layers > 0;
+}
+
+// Final states [N, D] at each row's last valid position.
+torch::Tensor LastPositions(const ForwardOutput& out) {
+  const int64_t t = out.hidden.size(1);
+  std::vector<int64_t> flat;
+  for (size_t i = 0; i < out.lengths.size(); ++i) {
+    flat.push_back(static_cast<int64_t>(i) * t + out.lengths[i] - 1);
+  }
+  return out.hidden.reshape({-1, out.hidden.size(2)})
+      .index_select(0,
+                    torch::tensor(flat, torch::kInt64).to(out.hidden.device()));
+}
 
 }  // namespace
 
@@ -118,14 +144,26 @@ void BatchScheduler::Submit(BatchRequest request, BatchCallback done) {
                      wants_options ? "option probabilities" : "embeddings")));
   }
   const int64_t prompt = request.module->spec().prompt_length;
+  const bool late = IsLate(*request.module);
   for (size_t r = 0; r < request.rows.size(); ++r) {
-    const int64_t length =
-        prompt + static_cast<int64_t>(request.rows[r].ids.size());
-    if (request.rows[r].ids.empty() ||
-        length > model_->config().max_positions) {
+    const EncodedInput& in = request.rows[r];
+    const int64_t tokens = InputTokens(in);
+    const bool empty_segment =
+        std::any_of(in.segments.begin(), in.segments.end(),
+                    [](const auto& seg) { return seg.empty(); });
+    const bool well_formed =
+        late ? !in.segments.empty() && in.ids.empty() && !empty_segment
+             : !in.ids.empty() && in.segments.empty();
+    if (!well_formed) {
+      return refuse(absl::InvalidArgumentError(absl::StrCat(
+          "row ", r, " of task ", request.module->spec().task, " must be ",
+          late ? "non-empty segments (the module uses late interaction)"
+               : "token ids")));
+    }
+    const int64_t length = prompt + tokens;
+    if (length > model_->config().max_positions) {
       return refuse(absl::InvalidArgumentError(
-          absl::StrCat("row ", r, " has ", request.rows[r].ids.size(),
-                       " tokens; with the ", prompt,
+          absl::StrCat("row ", r, " has ", tokens, " tokens; with the ", prompt,
                        "-vector prompt it must fit the "
                        "model's ",
                        model_->config().max_positions, " positions")));
@@ -173,8 +211,7 @@ bool BatchScheduler::BatchReady() const {
   for (const auto& p : queue_) {
     for (size_t r = p->next_row; r < p->request.rows.size(); ++r) {
       longest = std::max<int64_t>(
-          longest, p->prompt_length +
-                       static_cast<int64_t>(p->request.rows[r].ids.size()));
+          longest, p->prompt_length + InputTokens(p->request.rows[r]));
       ++count;
     }
   }
@@ -216,8 +253,7 @@ std::vector<BatchScheduler::Slice> BatchScheduler::NextBatch() {
     while (slice.end < p->request.rows.size() &&
            rows < options_.max_batch_rows) {
       const int64_t length =
-          p->prompt_length +
-          static_cast<int64_t>(p->request.rows[slice.end].ids.size());
+          p->prompt_length + InputTokens(p->request.rows[slice.end]);
       const int64_t wider = std::max(longest, length);
       if (rows > 0 && wider * (rows + 1) > options_.max_batch_tokens) break;
       longest = wider;
@@ -273,43 +309,108 @@ void BatchScheduler::RunnerLoop() {
   }
 }
 
-void BatchScheduler::RunBatch(const std::vector<Slice>& batch) {
-  std::vector<RowInput> rows;
-  int64_t longest = 0;
-  absl::StatusOr<ForwardOutput> out = absl::InternalError("not run");
-  std::vector<BatchResult> results(batch.size());
-  absl::Status failure;
-  try {
-    for (const Slice& s : batch) {
-      const BatchRequest& r = s.request->request;
-      const bool item = r.output == RowOutput::kItemEmbedding;
-      for (size_t i = s.begin; i < s.end; ++i) {
-        rows.push_back(r.module->MakeRow(r.rows[i], item));
-        longest = std::max<int64_t>(
-            longest, s.request->prompt_length +
-                         static_cast<int64_t>(r.rows[i].ids.size()));
+absl::StatusOr<torch::Tensor> BatchScheduler::LastStates(
+    const std::vector<Slice>& batch) {
+  // Plain rows, and late rows by split, with their places in the batch.
+  std::vector<RowInput> plain;
+  std::vector<int64_t> plain_at;
+  struct Late {
+    std::vector<const EncodedInput*> inputs;
+    std::vector<const PromptModule*> modules;
+    std::vector<int64_t> at;
+  };
+  std::map<int64_t, Late> late;
+  int64_t b = 0;
+  for (const Slice& s : batch) {
+    const BatchRequest& r = s.request->request;
+    const bool item = r.output == RowOutput::kItemEmbedding;
+    for (size_t i = s.begin; i < s.end; ++i, ++b) {
+      if (IsLate(*r.module)) {
+        Late& l = late[r.module->spec().lower_layers];
+        l.inputs.push_back(&r.rows[i]);
+        l.modules.push_back(r.module.get());
+        l.at.push_back(b);
+      } else {
+        plain.push_back(r.module->MakeRow(r.rows[i], item));
+        plain_at.push_back(b);
       }
     }
+  }
+  const auto dev = model_->device().device;
+  torch::Tensor h =
+      torch::empty({b, model_->config().hidden_size},
+                   torch::dtype(model_->device().dtype).device(dev));
+  ForwardOptions options;
+  options.logits = ForwardOptions::Logits::kNone;
+  if (!plain.empty()) {
+    ASSIGN_OR_RETURN(ForwardOutput out,
+                     model_->Forward(plain, nullptr, options));
+    h.index_copy_(0, torch::tensor(plain_at, torch::kInt64).to(dev),
+                  LastPositions(out));
+  }
+  for (const auto& [lower, l] : late) {
+    // Every segment of the split's rows through the cache: the misses of
+    // all requests in the batch encoded together.
+    std::vector<const std::vector<int32_t>*> segments;
+    std::vector<SegmentKey> keys;
+    for (const EncodedInput* in : l.inputs) {
+      for (const auto& seg : in->segments) {
+        segments.push_back(&seg);
+        keys.push_back(SegmentKey::Make(model_->fingerprint(), lower, seg));
+      }
+    }
+    auto encode = [&, lower = lower](const std::vector<size_t>& missing) {
+      std::vector<std::vector<int32_t>> ids;
+      for (size_t i : missing) ids.push_back(*segments[i]);
+      return model_->EncodeSegments(ids, lower);
+    };
+    std::vector<torch::Tensor> states;
+    if (options_.segment_cache != nullptr) {
+      ASSIGN_OR_RETURN(states,
+                       options_.segment_cache->GetOrEncode(keys, encode));
+    } else {
+      std::vector<size_t> all(segments.size());
+      for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+      ASSIGN_OR_RETURN(states, encode(all));
+    }
+    std::vector<JointRowInput> rows;
+    size_t next = 0;
+    for (size_t r = 0; r < l.inputs.size(); ++r) {
+      const size_t n = l.inputs[r]->segments.size();
+      rows.push_back(l.modules[r]->MakeJointRow(
+          *l.inputs[r], std::vector<torch::Tensor>(states.begin() + next,
+                                                   states.begin() + next + n)));
+      next += n;
+    }
+    ASSIGN_OR_RETURN(ForwardOutput out,
+                     model_->ForwardJoint(rows, lower, options));
+    h.index_copy_(0, torch::tensor(l.at, torch::kInt64).to(dev),
+                  LastPositions(out));
+  }
+  return h;
+}
+
+void BatchScheduler::RunBatch(const std::vector<Slice>& batch) {
+  int64_t rows = 0, longest = 0;
+  std::vector<BatchResult> results(batch.size());
+  absl::Status failure;
+  for (const Slice& s : batch) {
+    for (size_t i = s.begin; i < s.end; ++i) {
+      ++rows;
+      longest = std::max<int64_t>(
+          longest,
+          s.request->prompt_length + InputTokens(s.request->request.rows[i]));
+    }
+  }
+  try {
     torch::InferenceMode inference;
-    ForwardOptions options;
-    options.logits = ForwardOptions::Logits::kNone;
-    out = model_->Forward(rows, nullptr, options);
-    if (!out.ok()) {
+    absl::StatusOr<torch::Tensor> states = LastStates(batch);
+    if (!states.ok()) {
       // Rows were checked at Submit, so this is the server's failure.
       failure = absl::InternalError(
-          absl::StrCat("the batch failed: ", out.status().message()));
+          absl::StrCat("the batch failed: ", states.status().message()));
     } else {
-      // Final states at each row's last position: [B, D].
-      const int64_t t = out->hidden.size(1);
-      std::vector<int64_t> flat;
-      for (size_t i = 0; i < rows.size(); ++i) {
-        flat.push_back(static_cast<int64_t>(i) * t + out->lengths[i] - 1);
-      }
-      torch::Tensor h =
-          out->hidden.reshape({-1, out->hidden.size(2)})
-              .index_select(
-                  0,
-                  torch::tensor(flat, torch::kInt64).to(out->hidden.device()));
+      const torch::Tensor& h = *states;  // [B, D]
       int64_t at = 0;
       for (size_t b = 0; b < batch.size(); ++b) {
         const BatchRequest& r = batch[b].request->request;
@@ -341,13 +442,13 @@ void BatchScheduler::RunBatch(const std::vector<Slice>& batch) {
       per_module.emplace_back(s.request->request.module.get(),
                               static_cast<int64_t>(s.end - s.begin));
     }
-    observer_(per_module, longest * static_cast<int64_t>(rows.size()));
+    observer_(per_module, longest * rows);
   }
   {
     absl::MutexLock lock(&mu_);
     ++counters_.batches;
-    counters_.rows += static_cast<int64_t>(rows.size());
-    counters_.tokens += longest * static_cast<int64_t>(rows.size());
+    counters_.rows += rows;
+    counters_.tokens += longest * rows;
     if (!failure.ok()) counters_.failed += static_cast<int64_t>(batch.size());
   }
   for (size_t b = 0; b < batch.size(); ++b) {

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "cache/state_cache.h"
 #include "core/model/transformer.h"
 #include "tuning/module/prompt_module.h"
 #include "tuning/tasks/render.h"
@@ -49,6 +50,11 @@ struct SchedulerOptions {
   int64_t max_queued_rows = 4096;
   // Threads running batches (each runs one forward pass at a time).
   int runner_threads = 1;
+  // Late interaction (modules whose spec has lower_layers > 0): where the
+  // segments' lower-layer states are looked up, the misses of a whole
+  // batch encoded in one pass (shared by every task and request). Null:
+  // every batch encodes its segments afresh.
+  std::shared_ptr<SegmentStateCache> segment_cache;
 };
 
 // InvalidArgument naming the field for options that cannot work.
@@ -62,7 +68,10 @@ enum class RowOutput {
 };
 
 // One request: rows of one module (the scheduler mixes requests of any
-// modules in a batch).
+// modules in a batch). The rows of a late-interaction module (spec
+// lower_layers > 0) are segmented inputs (EncodedInput::segments): their
+// segments' lower layers come from the segment cache, and their rows run
+// through the upper layers only, in one joint pass per split.
 struct BatchRequest {
   std::shared_ptr<const PromptModule> module;
   RowOutput output = RowOutput::kOptionProbabilities;
@@ -152,6 +161,10 @@ class BatchScheduler {
   // the queue; the caller ends them once it released the lock.
   std::vector<Dropped> DropExpired() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunBatch(const std::vector<Slice>& batch);
+  // Final states [B, D] at the last position of every row of `batch`, in
+  // order: plain rows in one forward pass, late-interaction rows in one
+  // joint pass per split. LibTorch errors propagate as exceptions.
+  absl::StatusOr<torch::Tensor> LastStates(const std::vector<Slice>& batch);
 
   const std::shared_ptr<const TransformerLM> model_;
   const SchedulerOptions options_;
