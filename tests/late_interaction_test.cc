@@ -17,24 +17,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Infinity when either side is undefined or the shapes differ.
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  if (!a.defined() || !b.defined() || a.sizes() != b.sizes()) {
-    ADD_FAILURE() << "tensors missing or of different shapes";
-    return std::numeric_limits<double>::infinity();
-  }
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64))
-      .abs()
-      .max()
-      .item<double>();
-}
-
-torch::Tensor ToTensor(const std::vector<std::vector<double>>& rows) {
-  std::vector<torch::Tensor> out;
-  for (const auto& r : rows) out.push_back(torch::tensor(r, torch::kFloat64));
-  return out.empty() ? torch::Tensor() : torch::stack(out);
-}
-
 std::vector<std::vector<double>> ToRows(const torch::Tensor& t) {
   torch::Tensor d = t.to(torch::kFloat64).contiguous();
   std::vector<std::vector<double>> rows;

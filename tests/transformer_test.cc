@@ -47,24 +47,6 @@ torch::Tensor RowLogits(const TransformerLM& model, const RowInput& row) {
   return out->logits[0];
 }
 
-// Infinity when either side is undefined, so comparisons fail cleanly.
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  if (!a.defined() || !b.defined() || a.sizes() != b.sizes()) {
-    ADD_FAILURE() << "tensors missing or of different shapes";
-    return std::numeric_limits<double>::infinity();
-  }
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64))
-      .abs()
-      .max()
-      .item<double>();
-}
-
-torch::Tensor ToTensor(const std::vector<std::vector<double>>& rows) {
-  std::vector<torch::Tensor> out;
-  for (const auto& r : rows) out.push_back(torch::tensor(r, torch::kFloat64));
-  return torch::stack(out);
-}
-
 const std::vector<int32_t> kIds = {1, 5, 17, 42, 8, 96, 3, 60, 11};
 
 // ---------------------------------------------------------------------------

@@ -1,16 +1,35 @@
 #include "tests/testlib/tiny_models.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace optrec {
+
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  if (!a.defined() || !b.defined() || a.sizes() != b.sizes()) {
+    ADD_FAILURE() << "tensors missing or of different shapes";
+    return std::numeric_limits<double>::infinity();
+  }
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64))
+      .abs()
+      .max()
+      .item<double>();
+}
+
+torch::Tensor ToTensor(const std::vector<std::vector<double>>& rows) {
+  std::vector<torch::Tensor> out;
+  for (const auto& r : rows) out.push_back(torch::tensor(r, torch::kFloat64));
+  return out.empty() ? torch::Tensor() : torch::stack(out);
+}
 
 ReferenceConfig TinyReferenceConfig(const TinyModelSpec& s) {
   ReferenceConfig c;

@@ -29,6 +29,23 @@ std::string WholeReference(const std::string& part) {
   return "";
 }
 
+// The list field a part that is exactly "{name}" refers to, or null.
+const FieldValue* WholeList(const std::string& part, const FieldMap& fields,
+                            const FieldMap* item) {
+  const std::string whole = WholeReference(part);
+  const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
+  return v != nullptr && v->is_list ? v : nullptr;
+}
+
+// The elements a template keeps of a list: its newest `keep_list` (all when
+// negative), oldest first.
+std::vector<std::string> KeptElements(const FieldValue& list,
+                                      int64_t keep_list) {
+  const int64_t n = static_cast<int64_t>(list.list.size());
+  const int64_t begin = keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
+  return std::vector<std::string>(list.list.begin() + begin, list.list.end());
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> FillText(const std::string& text,
@@ -114,15 +131,10 @@ absl::StatusOr<std::vector<RenderedPiece>> RenderPieces(const TaskTemplate& t,
     first = false;
   };
   for (const std::string& part : t.input) {
-    const std::string whole = WholeReference(part);
-    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
-    if (v != nullptr && v->is_list) {
-      const int64_t n = static_cast<int64_t>(v->list.size());
-      const int64_t begin =
-          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
-      for (int64_t i = begin; i < n; ++i) {
+    if (const FieldValue* v = WholeList(part, fields, item)) {
+      for (const std::string& element : KeptElements(*v, keep_list)) {
         separate();
-        AppendText(v->list[i], &out);
+        AppendText(element, &out);
       }
       continue;
     }
@@ -213,14 +225,9 @@ absl::StatusOr<EncodedInput> InputEncoder::EncodeSegmented(
   for (size_t p = 0; p < t.input.size(); ++p) {
     const std::string& part = t.input[p];
     const int index = static_cast<int>(p);
-    const std::string whole = WholeReference(part);
-    const FieldValue* v = whole.empty() ? nullptr : Lookup(whole, fields, item);
-    if (v != nullptr && v->is_list) {
-      const int64_t n = static_cast<int64_t>(v->list.size());
-      const int64_t begin =
-          keep_list < 0 ? 0 : std::max<int64_t>(0, n - keep_list);
-      for (int64_t i = begin; i < n; ++i) {
-        RETURN_IF_ERROR(add(v->list[i], index));
+    if (const FieldValue* v = WholeList(part, fields, item)) {
+      for (const std::string& element : KeptElements(*v, keep_list)) {
+        RETURN_IF_ERROR(add(element, index));
       }
       continue;
     }
