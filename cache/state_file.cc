@@ -163,7 +163,10 @@ absl::StatusOr<Header> ReadHeader(const std::string& path, Reader& reader) {
       ParseDtype(json["storage_dtype"].get<std::string>());
   if (!dtype.ok()) return DataLoss(path, std::string(dtype.status().message()));
   header.dtype = *dtype;
+  // Widths beyond 2^20 are no model's, and would let a crafted header
+  // overflow the byte counts below.
   if (header.entries < 0 || header.hidden_width < 0 ||
+      header.hidden_width > (int64_t{1} << 20) ||
       (header.entries > 0 && header.hidden_width == 0)) {
     return DataLoss(path,
                     absl::StrCat("the header has ", header.entries,

@@ -19,6 +19,8 @@
 #include "core/model/transformer.h"
 #include "tests/cli_path.h"
 #include "tests/testlib/tiny_models.h"
+#include "tuning/tasks/render.h"
+#include "tuning/tasks/task_spec.h"
 
 namespace optrec {
 namespace {
@@ -96,14 +98,33 @@ TEST_F(CacheWarmTest, FileHoldsTheCoresStatesUnderTheRequestsKeys) {
   EXPECT_EQ(loaded->entries, 2);
   EXPECT_EQ(loaded->inserted, 2);
 
-  for (const std::string text : {"Shown: Trailforge running socks, red",
-                                 "Shown: Voltari bluetooth speaker, grey"}) {
-    auto ids = (*model)->tokenizer()->Encode(text, /*add_special=*/true);
-    ASSERT_TRUE(ids.ok());
-    const SegmentKey key = SegmentKey::Make((*model)->fingerprint(), 3, *ids);
+  // The keys a Score request looks up: a late-interaction task whose
+  // template shows the candidate as "Shown: {candidate}".
+  auto spec = ParseTaskSpec(
+      {{"task", "t"},
+       {"kind", "score"},
+       {"data", "unused"},
+       {"lower_layers", 3},
+       {"options",
+        {{{"label", 0}, {"text", "no"}}, {{"label", 1}, {"text", "yes"}}}},
+       {"templates",
+        {{{"name", "shown"}, {"input", {"{profile}", "Shown: {candidate}"}}}}}},
+      "spec");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  InputEncoder encoder(*spec, *(*model)->tokenizer(), nullptr);
+  for (const std::string text :
+       {"Trailforge running socks, red", "Voltari bluetooth speaker, grey"}) {
+    Example e;
+    e.fields["profile"].text = "Shopper aged 25-34";
+    e.fields["candidate"].text = text;
+    auto in = encoder.EncodeExample(e, 0);
+    ASSERT_TRUE(in.ok()) << in.status();
+    ASSERT_EQ(in->segments.size(), 2u);
+    const std::vector<int32_t>& ids = in->segments[1];
+    const SegmentKey key = SegmentKey::Make((*model)->fingerprint(), 3, ids);
     torch::Tensor cached = (*cache)->Lookup(key);
     ASSERT_TRUE(cached.defined()) << "no entry for " << text;
-    auto want = (*model)->EncodeSegments({*ids}, 3);
+    auto want = (*model)->EncodeSegments({ids}, 3);
     ASSERT_TRUE(want.ok()) << want.status();
     // bf16 keeps 8 significant bits: relative error at most 2^-8.
     const double scale = (*want)[0].abs().max().item<double>();

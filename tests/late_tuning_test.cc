@@ -153,6 +153,33 @@ TEST(LateInputTest, EachTemplatePartIsASegmentTokenizedAloneWithBos) {
   EXPECT_GT(compared, 0);
 }
 
+TEST(LateInputTest, TooLongInputsDropHistoryThenCutTheFirstSegments) {
+  auto model = LoadFixtureModel();
+  Json spec = LateSpec();
+  spec["max_tokens"] = 16;
+  Late l = LoadLate(*model, spec, 5, 1);
+  const int32_t bos = model->tokenizer()->special().bos_id;
+  ASSERT_GE(bos, 0);
+  for (const Example& e : l.data.examples) {
+    auto in = l.task->encoder->EncodeExample(e, 0);
+    ASSERT_TRUE(in.ok()) << in.status();
+    int64_t total = 0;
+    for (size_t s = 0; s < in->segments.size(); ++s) {
+      const auto& seg = in->segments[s];
+      total += seg.size();
+      ASSERT_GE(seg.size(), 2u) << "a segment holds more than BOS";
+      EXPECT_EQ(seg[0], bos);
+      EXPECT_NE(in->segment_part[s], 1) << "history is dropped first";
+    }
+    EXPECT_LE(total, 16);
+    // The last segments stay whole: what is cut is the oldest text.
+    auto closing = EncodeSegmentText(*model->tokenizer(), "Clicked it");
+    ASSERT_TRUE(closing.ok());
+    EXPECT_EQ(in->segments.back(), *closing);
+    EXPECT_EQ(in->segment_part.back(), 3);
+  }
+}
+
 TEST(LateBatchTest, ScoresAreTheCoreJointPassComposedByHand) {
   auto model = LoadFixtureModel();
   Late l = LoadLate(*model, LateSpec(), 4, 2);

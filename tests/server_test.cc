@@ -657,15 +657,33 @@ TEST(LateServerTest, ScoreRunsTheUpperLayersOverCachedSegments) {
   auto model = LoadFixtureModel();
   const v1::ScoreRequest r = ScoreRequestFor(4, "ctr_late");
   const Tokenizer& tok = *model->tokenizer();
-  // The candidates' segments, as the Score template renders them, encoded
-  // ahead into a state file; and a file of another split, to be skipped.
+  const std::string module_path = WriteLateModule();
+  auto module = PromptModule::Load(module_path, *model);
+  ASSERT_TRUE(module.ok()) << module.status();
+  InputEncoder encoder((*module)->spec(), tok, nullptr);
+  auto example = [&r](int i) {
+    Example e;
+    e.fields["profile"].text = r.context().at("profile").text();
+    e.fields["history"].is_list = true;
+    for (const auto& x : r.context().at("history").list().items()) {
+      e.fields["history"].list.push_back(x);
+    }
+    e.fields["candidate"].text =
+        r.candidates(i).fields().at("candidate").text();
+    return e;
+  };
+  // The candidates' segments (template part 2, "Shown: {candidate}"), as a
+  // request renders them, encoded ahead into a state file; and a file of
+  // another split, to be skipped.
   std::vector<std::vector<int32_t>> candidates;
   for (int i = 0; i < r.candidates_size(); ++i) {
-    auto ids = tok.Encode(
-        "Shown: " + r.candidates(i).fields().at("candidate").text(), true);
-    ASSERT_TRUE(ids.ok());
-    candidates.push_back(*ids);
+    auto in = encoder.EncodeWith((*module)->spec().templates[0], example(i));
+    ASSERT_TRUE(in.ok()) << in.status();
+    for (size_t k = 0; k < in->segments.size(); ++k) {
+      if (in->segment_part[k] == 2) candidates.push_back(in->segments[k]);
+    }
   }
+  ASSERT_EQ(candidates.size(), 4u);
   auto states = model->EncodeSegments(candidates, 1);
   ASSERT_TRUE(states.ok()) << states.status();
   std::vector<std::pair<SegmentKey, torch::Tensor>> entries;
@@ -681,7 +699,7 @@ TEST(LateServerTest, ScoreRunsTheUpperLayersOverCachedSegments) {
   ServeOptions o;
   o.listen = "127.0.0.1:0";
   o.model_dir = SharedTuningFixture().model;
-  o.modules = {WriteLateModule()};
+  o.modules = {module_path};
   o.scheduler.max_queue_delay_us = 0;
   o.late_interaction.state_files = {{dir + "/items.states", 1},
                                     {dir + "/items.states", 2},  // foreign
@@ -705,17 +723,8 @@ TEST(LateServerTest, ScoreRunsTheUpperLayersOverCachedSegments) {
   auto v = (*server)->registry().Resolve("ctr_late");
   ASSERT_TRUE(v.ok());
   const PromptModule& m = *v->module;
-  InputEncoder encoder(m.spec(), tok, nullptr);
   for (int i = 0; i < 4; ++i) {
-    Example e;
-    e.fields["profile"].text = r.context().at("profile").text();
-    e.fields["history"].is_list = true;
-    for (const auto& x : r.context().at("history").list().items()) {
-      e.fields["history"].list.push_back(x);
-    }
-    e.fields["candidate"].text =
-        r.candidates(i).fields().at("candidate").text();
-    auto in = encoder.EncodeWith(m.spec().templates[0], e);
+    auto in = encoder.EncodeWith(m.spec().templates[0], example(i));
     ASSERT_TRUE(in.ok()) << in.status();
     auto lower = model->EncodeSegments(in->segments, 1);
     ASSERT_TRUE(lower.ok());

@@ -2,9 +2,9 @@
 // lower L' layers of the frozen model and saves the states to a state file
 // (cache/state_file.h) that a server loads to start with a warm cache.
 //
-// A segment is tokenized alone with the tokenizer's special tokens (BOS
-// first), which is how late interaction encodes every segment, so the keys
-// written here are the keys a request for the same text looks up.
+// A segment is tokenized by EncodeSegmentText (tuning/tasks/render.h), as
+// requests and tuning tokenize theirs, so the keys written here are the
+// keys a request for the same text looks up.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -43,8 +43,10 @@ Args WarmArgs() {
            "L': how many lower layers the segments run through"},
           {"catalog", "catalog JSONL"},
           {"template",
-           "the item's segment text over catalog fields, e.g. "
-           "'Shown: {text}' (lists are joined with ', ')"},
+           "the item's segment text over catalog fields, as the task's "
+           "template part writes the candidate, e.g. 'Shown: {text}'"},
+          {"separator", "joins the elements of a list field", true, false,
+           ". "},
           {"out", "the state file to write"},
           {"id-field", "the catalog's id field", true, false, "item_id"},
           {"batch", "segments per forward pass", true, false, "64"},
@@ -70,7 +72,7 @@ std::set<std::string> TemplateFields(const std::string& text) {
 }
 
 struct WarmOptions {
-  std::string catalog, id_field, text_template, out;
+  std::string catalog, id_field, text_template, separator, out;
   int64_t lower_layers = 0, batch = 64;
   torch::ScalarType storage = torch::kBFloat16;
 };
@@ -92,14 +94,15 @@ absl::Status Warm(const TransformerLM& model, const WarmOptions& o) {
   absl::flat_hash_set<std::string> seen;
   int64_t tokens = 0;
   for (int64_t i = 0; i < catalog->size(); ++i) {
-    absl::StatusOr<std::string> text = FillText(
-        o.text_template, catalog->fields(i), nullptr, ", ", /*keep_list=*/-1);
+    absl::StatusOr<std::string> text =
+        FillText(o.text_template, catalog->fields(i), nullptr, o.separator,
+                 /*keep_list=*/-1);
     if (!text.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           o.catalog, ": item ", catalog->id(i), ": ", text.status().message()));
     }
     absl::StatusOr<std::vector<int32_t>> ids =
-        tokenizer->Encode(*text, /*add_special=*/true);
+        EncodeSegmentText(*tokenizer, *text);
     if (!ids.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           o.catalog, ": item ", catalog->id(i), ": ", ids.status().message()));
@@ -173,6 +176,7 @@ int RunCache(int argc, char** argv) {
   o.catalog = args.Get("catalog");
   o.id_field = args.Get("id-field");
   o.text_template = args.Get("template");
+  o.separator = args.Get("separator");
   o.out = args.Get("out");
   absl::StatusOr<int64_t> lower = args.GetInt("lower-layers");
   if (!lower.ok() || *lower < 0) {

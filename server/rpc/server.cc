@@ -283,6 +283,8 @@ absl::StatusOr<std::shared_ptr<SegmentStateCache>> Server::MakeSegmentCache() {
   if (li.cache_bytes == 0) return std::shared_ptr<SegmentStateCache>();
   ShardedLruCache::Options c;
   c.capacity_bytes = li.cache_bytes;
+  // States come back in the dtype the model computes in.
+  c.compute_dtype = model_->device().dtype;
   c.storage_dtype = li.storage == "bf16"  ? torch::kBFloat16
                     : li.storage == "f16" ? torch::kFloat16
                                           : torch::kFloat32;

@@ -32,6 +32,41 @@ bool IsLate(const PromptModule& module) {
   return module.spec().lower_layers > 0;
 }
 
+// Lower-layer states of `segments` (distinct ids), encoded in passes of at
+// most `max_tokens` padded positions, similar lengths together, so a batch
+// of many misses never becomes one huge pass.
+absl::StatusOr<std::vector<torch::Tensor>> EncodeInChunks(
+    const TransformerLM& model,
+    const std::vector<const std::vector<int32_t>*>& segments, int64_t lower,
+    int64_t max_tokens) {
+  std::vector<size_t> order(segments.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return segments[a]->size() < segments[b]->size();
+  });
+  std::vector<torch::Tensor> states(segments.size());
+  size_t begin = 0;
+  while (begin < order.size()) {
+    size_t end = begin + 1;
+    // Sorted ascending: the chunk's longest is its last.
+    while (end < order.size() &&
+           static_cast<int64_t>(segments[order[end]]->size()) *
+                   static_cast<int64_t>(end - begin + 1) <=
+               max_tokens) {
+      ++end;
+    }
+    std::vector<std::vector<int32_t>> chunk;
+    for (size_t i = begin; i < end; ++i) chunk.push_back(*segments[order[i]]);
+    ASSIGN_OR_RETURN(std::vector<torch::Tensor> encoded,
+                     model.EncodeSegments(chunk, lower));
+    for (size_t i = begin; i < end; ++i) {
+      states[order[i]] = std::move(encoded[i - begin]);
+    }
+    begin = end;
+  }
+  return states;
+}
+
 // Final states [N, D] at each row's last valid position.
 torch::Tensor LastPositions(const ForwardOutput& out) {
   const int64_t t = out.hidden.size(1);
@@ -151,9 +186,14 @@ void BatchScheduler::Submit(BatchRequest request, BatchCallback done) {
     const bool empty_segment =
         std::any_of(in.segments.begin(), in.segments.end(),
                     [](const auto& seg) { return seg.empty(); });
-    const bool well_formed =
-        late ? !in.segments.empty() && in.ids.empty() && !empty_segment
-             : !in.ids.empty() && in.segments.empty();
+    const int64_t parts = late ? request.module->segment().size(0) : int64_t{0};
+    const bool parts_fit =
+        in.segment_part.size() == in.segments.size() &&
+        std::all_of(in.segment_part.begin(), in.segment_part.end(),
+                    [parts](int p) { return p >= 0 && p < parts; });
+    const bool well_formed = late ? !in.segments.empty() && in.ids.empty() &&
+                                        !empty_segment && parts_fit
+                                  : !in.ids.empty() && in.segments.empty();
     if (!well_formed) {
       return refuse(absl::InvalidArgumentError(absl::StrCat(
           "row ", r, " of task ", request.module->spec().task, " must be ",
@@ -349,30 +389,40 @@ absl::StatusOr<torch::Tensor> BatchScheduler::LastStates(
                   LastPositions(out));
   }
   for (const auto& [lower, l] : late) {
-    // Every segment of the split's rows through the cache: the misses of
-    // all requests in the batch encoded together.
-    std::vector<const std::vector<int32_t>*> segments;
+    // Every distinct segment of the split's rows through the cache: the
+    // misses of all requests in the batch encoded together, in chunks.
+    std::vector<const std::vector<int32_t>*> unique;
     std::vector<SegmentKey> keys;
+    std::map<std::vector<int32_t>, size_t> index;
+    std::vector<size_t> of_segment;  // per row segment, in order
     for (const EncodedInput* in : l.inputs) {
       for (const auto& seg : in->segments) {
-        segments.push_back(&seg);
-        keys.push_back(SegmentKey::Make(model_->fingerprint(), lower, seg));
+        auto [it, fresh] = index.emplace(seg, unique.size());
+        if (fresh) {
+          unique.push_back(&seg);
+          keys.push_back(SegmentKey::Make(model_->fingerprint(), lower, seg));
+        }
+        of_segment.push_back(it->second);
       }
     }
     auto encode = [&, lower = lower](const std::vector<size_t>& missing) {
-      std::vector<std::vector<int32_t>> ids;
-      for (size_t i : missing) ids.push_back(*segments[i]);
-      return model_->EncodeSegments(ids, lower);
+      std::vector<const std::vector<int32_t>*> wanted;
+      for (size_t i : missing) wanted.push_back(unique[i]);
+      return EncodeInChunks(*model_, wanted, lower, options_.max_batch_tokens);
     };
-    std::vector<torch::Tensor> states;
+    std::vector<torch::Tensor> distinct;
     if (options_.segment_cache != nullptr) {
-      ASSIGN_OR_RETURN(states,
+      ASSIGN_OR_RETURN(distinct,
                        options_.segment_cache->GetOrEncode(keys, encode));
     } else {
-      std::vector<size_t> all(segments.size());
+      std::vector<size_t> all(unique.size());
       for (size_t i = 0; i < all.size(); ++i) all[i] = i;
-      ASSIGN_OR_RETURN(states, encode(all));
+      ASSIGN_OR_RETURN(distinct, encode(all));
     }
+    // Each distinct state moves to the device once, shared by its rows.
+    for (torch::Tensor& t : distinct) t = t.to(dev, model_->device().dtype);
+    std::vector<torch::Tensor> states;
+    for (size_t u : of_segment) states.push_back(distinct[u]);
     std::vector<JointRowInput> rows;
     size_t next = 0;
     for (size_t r = 0; r < l.inputs.size(); ++r) {

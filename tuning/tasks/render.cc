@@ -209,15 +209,23 @@ absl::StatusOr<EncodedInput> InputEncoder::Encode(
   return out;
 }
 
+absl::StatusOr<std::vector<int32_t>> EncodeSegmentText(
+    const Tokenizer& tokenizer, const std::string& text) {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                   tokenizer.Encode(text, /*add_special=*/false));
+  const int32_t bos = tokenizer.special().bos_id;
+  if (bos >= 0) ids.insert(ids.begin(), bos);
+  return ids;
+}
+
 absl::StatusOr<EncodedInput> InputEncoder::EncodeSegmented(
     const TaskTemplate& t, const FieldMap& fields, const FieldMap* item,
     int64_t keep_list) const {
   EncodedInput out;
-  const int32_t bos = tokenizer_.special().bos_id;
   auto add = [&](const std::string& text, int part) -> absl::Status {
     if (text.find_first_not_of(' ') == std::string::npos) return {};
-    ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeText(text));
-    if (bos >= 0) ids.insert(ids.begin(), bos);
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                     EncodeSegmentText(tokenizer_, text));
     out.segments.push_back(std::move(ids));
     out.segment_part.push_back(part);
     return absl::OkStatus();
@@ -272,7 +280,7 @@ absl::StatusOr<EncodedInput> InputEncoder::FitSegments(
     while (cut > 0 && s + 1 < in.segments.size()) {
       std::vector<int32_t>& seg = in.segments[s];
       const int64_t body = static_cast<int64_t>(seg.size()) - head;
-      if (body + head <= cut) {  // the whole segment goes
+      if (body <= cut) {  // the whole segment goes, BOS and all
         cut -= static_cast<int64_t>(seg.size());
         in.segments.erase(in.segments.begin() + s);
         in.segment_part.erase(in.segment_part.begin() + s);

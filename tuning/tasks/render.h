@@ -113,6 +113,13 @@ class InputEncoder {
   int32_t placeholder_id_ = 0;  // the id special positions carry
 };
 
+// The token ids of one late-interaction segment: `text` tokenized alone,
+// without the tokenizer's post-processing, with BOS in front when the
+// tokenizer has one. Requests, tuning and `optrec cache warm` all encode
+// segments with it, so the same text always gives the same cache key.
+absl::StatusOr<std::vector<int32_t>> EncodeSegmentText(
+    const Tokenizer& tokenizer, const std::string& text);
+
 // Substitutes {name} references of `text` from `fields` (lists joined with
 // `separator`, their newest `keep_list` elements, all when negative); the
 // continuation templates of zero-shot scoring use it.
