@@ -61,7 +61,11 @@ Args EvalArgs() {
 std::string MetricsLine(const nlohmann::json& m) {
   std::vector<std::string> parts;
   for (auto it = m.begin(); it != m.end(); ++it) {
-    if (it.key() == "samples" || it.key() == "template") continue;
+    if (it.key() == "samples" || it.key() == "template" ||
+        it.key() == "module_file" || it.key() == "method" ||
+        it.key() == "select_metric") {
+      continue;  // in the heading, or in the comparison table
+    }
     if (it.value().is_number_float()) {
       parts.push_back(
           absl::StrFormat("%s %.4f", it.key(), it.value().get<double>()));
