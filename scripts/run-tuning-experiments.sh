@@ -4,17 +4,21 @@
 # rating, next-click retrieval and explanations, the non-LM baselines, and
 # the P5 table (each family's seen template against its held-out one).
 #
-#   scripts/run-tuning-experiments.sh [OUT_DIR]     (default build/experiments)
+#   scripts/run-tuning-experiments.sh [OUT_DIR]   (default models/experiments)
 #
-# Every result is a JSON file under OUT_DIR; a step whose file exists is
-# skipped, so an interrupted run continues where it stopped (tuning jobs
-# also resume from their checkpoints). Takes about three hours on 2 cores.
+# Every result is a JSON file under OUT_DIR, each finished step marked by
+# NAME.done; a marked step is skipped, so an interrupted run continues where
+# it stopped (tuning jobs also resume from their checkpoints while the same
+# machine keeps them). The default folder is committed with the results and
+# the modules they came from, so a later checkout continues the same run;
+# its logs and checkpoints are not kept (.gitignore). Takes about three
+# hours on 2 cores.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/build.sh >/dev/null
 optrec=${OPTREC_BUILD_DIR:-$root/build}/optrec
-out=${1:-$root/build/experiments}
+out=${1:-$root/models/experiments}
 world=$root/build/world
 model=$root/models/default
 tasks=$root/models/tasks

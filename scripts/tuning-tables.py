@@ -3,7 +3,7 @@
 scripts/run-tuning-experiments.sh writes: the eval JSONs and the validation
 curves stored in the module files' metadata.
 
-    scripts/tuning-tables.py [OUT_DIR]      (default build/experiments)
+    scripts/tuning-tables.py [OUT_DIR]      (default models/experiments)
 
 A result that is missing prints as "-", so the tables can be read while the
 experiments still run.
@@ -14,7 +14,7 @@ import struct
 import sys
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "build", "experiments")
+    os.path.dirname(os.path.abspath(__file__)), "..", "models", "experiments")
 METHODS = ["prompt", "option", "option_adapter"]
 # Option tuning of tasks without options or special tokens is prompt tuning
 # exactly (same tensors, same start): those rows reuse prompt's modules.
