@@ -31,27 +31,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string WriteModule(const std::string& kind, const std::string& version,
-                        uint64_t seed) {
-  auto model = LoadFixtureModel();
-  auto spec = ParseTaskSpec(TestSpec(kind), kind);
-  auto task = MakeTaskContext(*spec, *model, SharedTuningFixture().world);
-  auto module = PromptModule::Create(*spec, TuningMethod::kOptionAdapter,
-                                     *model, *(*task)->encoder, seed);
-  EXPECT_TRUE(module.ok()) << module.status();
-  torch::manual_seed(seed);
-  PromptModule::Named values;
-  for (const auto& [name, t] : (*module)->NamedTensors()) {
-    values.emplace_back(name, torch::randn(t.sizes()) * 0.2);
-  }
-  EXPECT_TRUE((*module)->CopyFrom(values).ok());
-  (*module)->info()["version"] = version;
-  const std::string path = absl::StrCat(MakeTempDir("module"), "/", spec->task,
-                                        ".", version, ".safetensors");
-  EXPECT_TRUE((*module)->Save(path).ok());
-  return path;
-}
-
 v1::Field Text(const std::string& s) {
   v1::Field f;
   f.set_text(s);
@@ -87,9 +66,9 @@ class ServerTest : public ::testing::Test {
     ServeOptions o;
     o.listen = "127.0.0.1:0";
     o.model_dir = SharedTuningFixture().model;
-    o.modules = {WriteModule("score", "v1", 1),
-                 WriteModule("retrieve", "r1", 2),
-                 WriteModule("generate", "g1", 3)};
+    o.modules = {WriteRandomModule("score", "v1", 1),
+                 WriteRandomModule("retrieve", "r1", 2),
+                 WriteRandomModule("generate", "g1", 3)};
     // The retrieval module's index over the fixture world's catalog.
     IndexBuildOptions index;
     index.module_path = o.modules[1];
@@ -255,7 +234,7 @@ TEST_F(ServerTest, RetrieveReturnsTheTopItemsOfTheVersionsIndex) {
             grpc::StatusCode::INVALID_ARGUMENT);
   // A version with no index loaded.
   v1::LoadModuleRequest load;
-  load.set_path(WriteModule("retrieve", "r2", 5));
+  load.set_path(WriteRandomModule("retrieve", "r2", 5));
   grpc::ClientContext load_context;
   v1::LoadModuleResponse loaded;
   ASSERT_TRUE(tasks_->LoadModule(&load_context, load, &loaded).ok());
@@ -405,7 +384,7 @@ TEST_F(ServerTest, HealthCheckingAndAdminRpcs) {
 
   // Load v2 as the default; Score now says v2.
   v1::LoadModuleRequest load;
-  load.set_path(WriteModule("score", "v2", 9));
+  load.set_path(WriteRandomModule("score", "v2", 9));
   load.set_make_default(true);
   grpc::ClientContext load_context;
   v1::LoadModuleResponse loaded;
@@ -463,7 +442,7 @@ TEST_F(ServerTest, HotSwapUnderLoadFailsNoRequest) {
   }
   for (int i = 2; i <= 4; ++i) {
     v1::LoadModuleRequest load;
-    load.set_path(WriteModule("score", absl::StrCat("v", i), 20 + i));
+    load.set_path(WriteRandomModule("score", absl::StrCat("v", i), 20 + i));
     load.set_make_default(true);
     grpc::ClientContext context;
     v1::LoadModuleResponse loaded;
@@ -514,7 +493,7 @@ class OverloadTest : public ServerTest {
     ServeOptions o;
     o.listen = "127.0.0.1:0";
     o.model_dir = SharedTuningFixture().model;
-    o.modules = {WriteModule("score", "v1", 1)};
+    o.modules = {WriteRandomModule("score", "v1", 1)};
     o.scheduler.max_batch_rows = 4;
     o.scheduler.max_queued_rows = 4;
     o.scheduler.max_queue_delay_us = 60'000'000;  // only full batches run
@@ -555,7 +534,7 @@ class TuningServiceTest : public ServerTest {
     ServeOptions o;
     o.listen = "127.0.0.1:0";
     o.model_dir = SharedTuningFixture().model;
-    o.modules = {WriteModule("score", "v1", 1)};
+    o.modules = {WriteRandomModule("score", "v1", 1)};
     o.jobs_dir = MakeTempDir("jobs");
     Start(o);
     tuning_ = v1::Tuning::NewStub(channel_);

@@ -58,6 +58,8 @@ constexpr Command kCommands[] = {
     {"index", "build a retrieval index of a catalog", optrec::RunIndex},
     {"client", "call a running server for one shop-world user",
      optrec::RunClient},
+    {"experiments", "report an A/B experiment, or simulate one",
+     optrec::RunExperiments},
 #endif
 };
 

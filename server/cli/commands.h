@@ -11,6 +11,8 @@ int RunServe(int argc, char** argv);
 int RunIndex(int argc, char** argv);
 // optrec client: Score, Retrieve and Generate for one shop-world user.
 int RunClient(int argc, char** argv);
+// optrec experiments report | simulate: A/B experiment results.
+int RunExperiments(int argc, char** argv);
 
 }  // namespace optrec
 

@@ -63,7 +63,7 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
               {"listen", "model_dir", "device", "dtype", "modules", "indexes",
                "batching", "generation", "limits", "late_interaction",
                "jobs_dir", "tuning_workers", "metrics_listen",
-               "max_message_bytes", "shutdown_grace_ms"}));
+               "max_message_bytes", "shutdown_grace_ms", "experiments"}));
   RETURN_IF_ERROR(Read(c, "listen", "", &o->listen));
   RETURN_IF_ERROR(Read(c, "model_dir", "", &o->model_dir));
   RETURN_IF_ERROR(Read(c, "device", "", &o->device));
@@ -144,6 +144,40 @@ absl::Status ApplyServeConfig(const Json& c, ServeOptions* o) {
       }
     }
   }
+  if (c.contains("experiments")) {
+    const Json& x = c["experiments"];
+    if (!x.is_object()) {
+      return absl::InvalidArgumentError(
+          "config: 'experiments' must be an object");
+    }
+    RETURN_IF_ERROR(
+        Unknown(x, "experiments.",
+                {"dir", "flush_records", "flush_interval_us", "max_file_bytes",
+                 "recent_requests", "definitions"}));
+    ExperimentOptions& e = o->experiments;
+    RETURN_IF_ERROR(Read(x, "dir", "experiments.", &e.dir));
+    RETURN_IF_ERROR(Read(x, "flush_records", "experiments.", &e.flush_records));
+    RETURN_IF_ERROR(
+        Read(x, "flush_interval_us", "experiments.", &e.flush_interval_us));
+    RETURN_IF_ERROR(
+        Read(x, "max_file_bytes", "experiments.", &e.max_file_bytes));
+    RETURN_IF_ERROR(
+        Read(x, "recent_requests", "experiments.", &e.recent_requests));
+    if (x.contains("definitions")) {
+      if (!x["definitions"].is_array()) {
+        return absl::InvalidArgumentError(
+            "config: 'experiments.definitions' must be a list");
+      }
+      e.definitions.clear();
+      for (size_t i = 0; i < x["definitions"].size(); ++i) {
+        absl::StatusOr<ExperimentDefinition> d = ExperimentFromJson(
+            x["definitions"][i],
+            absl::StrCat("config: experiments.definitions[", i, "]"));
+        if (!d.ok()) return d.status();
+        e.definitions.push_back(*std::move(d));
+      }
+    }
+  }
   if (c.contains("generation")) {
     const Json& g = c["generation"];
     if (!g.is_object()) {
@@ -205,6 +239,7 @@ absl::Status ValidateServeOptions(const ServeOptions& o) {
                      "not '",
                      li.storage, "'"));
   }
+  RETURN_IF_ERROR(ValidateExperimentOptions(o.experiments));
   absl::Status batching = ValidateSchedulerOptions(o.scheduler);
   if (!batching.ok()) {
     return absl::InvalidArgumentError(
@@ -239,9 +274,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   s->scheduler_ = std::make_unique<BatchScheduler>(s->model_, scheduling);
   s->generation_ = std::make_unique<GenerationLoop>(s->model_, o.generation);
   s->RegisterMetrics();
+  if (!o.experiments.dir.empty()) {
+    ASSIGN_OR_RETURN(
+        s->experimentation_,
+        Experimentation::Open(o.experiments, *s->registry_, &s->metrics_));
+  }
+  s->experiments_ = std::make_unique<ExperimentsService>(
+      s->experimentation_.get(), &s->metrics_);
   s->recommender_ = std::make_unique<RecommenderService>(
       *s->registry_, *s->scheduler_, *s->generation_, s->indexes_, o.limits,
-      &s->metrics_);
+      &s->metrics_, s->experimentation_.get());
   s->tasks_ = std::make_unique<TasksService>(*s->registry_, &s->metrics_);
   if (!o.jobs_dir.empty()) {
     ASSIGN_OR_RETURN(s->jobs_,
@@ -267,6 +309,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
   builder.RegisterService(s->recommender_.get());
   builder.RegisterService(s->tasks_.get());
+  builder.RegisterService(s->experiments_.get());
   if (s->tuning_ != nullptr) builder.RegisterService(s->tuning_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
@@ -383,6 +426,12 @@ void Server::Shutdown() {
                     std::chrono::milliseconds(options_.shutdown_grace_ms));
   scheduler_->Shutdown();
   generation_->Shutdown();
+  if (experimentation_ != nullptr) {
+    absl::Status closed = experimentation_->Close();
+    if (!closed.ok()) {
+      LOG_ERROR << "experiment log not closed cleanly: " << closed;
+    }
+  }
   metrics_http_.reset();
   LOG_INFO << "shut down";
 }

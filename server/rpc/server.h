@@ -61,6 +61,8 @@ struct ServeOptions {
   std::string jobs_dir;
   // Jobs run at once (each on a worker thread below traffic's priority).
   int tuning_workers = 1;
+  // A/B experiments between module versions; experiments.dir "" = none.
+  ExperimentOptions experiments;
   // host:port of the Prometheus endpoint (GET /metrics); "" = none.
   std::string metrics_listen;
   // Largest request or response message, in bytes.
@@ -78,9 +80,11 @@ struct ServeOptions {
 // generation loop's under "generation" ("max_active", "max_queued") and the
 // request limits under "limits" ("max_candidates", "max_retrieve_k"), and
 // the segment-state cache under "late_interaction" ("cache_bytes",
-// "storage", "state_files": [{"path", "lower_layers"}]).
-// Fields left out keep
-// the values in `options`. InvalidArgument naming the field for unknown
+// "storage", "state_files": [{"path", "lower_layers"}]), and the A/B
+// experiments under "experiments" ("dir", "flush_records",
+// "flush_interval_us", "max_file_bytes", "recent_requests", "definitions":
+// [experiment objects as ExperimentToJson writes them]). Fields left out
+// keep the values in `options`. InvalidArgument naming the field for unknown
 // fields and values of the wrong type.
 absl::Status ApplyServeConfig(const nlohmann::json& config,
                               ServeOptions* options);
@@ -101,10 +105,13 @@ class Server {
   int metrics_port() const;
   const Metrics& metrics() const { return metrics_; }
   ModuleRegistry& registry() { return *registry_; }
+  // Null when the server runs no experiments.
+  Experimentation* experimentation() { return experimentation_.get(); }
   const BatchScheduler& scheduler() const { return *scheduler_; }
 
   // Stops accepting calls, lets those in flight finish for up to the grace
-  // period (then cancels them), drains the scheduler. Idempotent.
+  // period (then cancels them), drains the scheduler and closes the
+  // experiment log (every exposure and event made durable). Idempotent.
   void Shutdown();
   // Blocks until Shutdown has completed.
   void Wait();
@@ -125,6 +132,8 @@ class Server {
   std::unique_ptr<BatchScheduler> scheduler_;
   std::unique_ptr<GenerationLoop> generation_;
   IndexSet indexes_;
+  std::unique_ptr<Experimentation> experimentation_;
+  std::unique_ptr<ExperimentsService> experiments_;
   std::unique_ptr<RecommenderService> recommender_;
   std::unique_ptr<TasksService> tasks_;
   std::unique_ptr<LocalJobRunner> jobs_;

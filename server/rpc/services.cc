@@ -75,19 +75,66 @@ absl::Status AddFields(const google::protobuf::Map<std::string, v1::Field>& in,
   return absl::OkStatus();
 }
 
-// The module serving the request, checked for the RPC's kind.
-absl::StatusOr<ModuleVersion> ResolveFor(const ModuleRegistry& registry,
-                                         const std::string& task,
-                                         const std::string& version,
-                                         TaskKind kind, const char* rpc) {
+using Routed = Experimentation::Routed;
+
+// The module serving the request (its unit's experiment arm when one
+// applies), checked for the RPC's kind. `experimentation` may be null.
+absl::StatusOr<Routed> RouteFor(const ModuleRegistry& registry,
+                                const Experimentation* experimentation,
+                                const std::string& task,
+                                const std::string& version,
+                                const std::string& unit_type,
+                                const std::string& unit_id, TaskKind kind,
+                                const char* rpc) {
   if (task.empty()) return absl::InvalidArgumentError("task: required");
-  ASSIGN_OR_RETURN(ModuleVersion v, registry.Resolve(task, version));
-  if (v.module->spec().kind != kind) {
+  Routed r;
+  if (experimentation != nullptr) {
+    ASSIGN_OR_RETURN(r,
+                     experimentation->Route(task, version, unit_type, unit_id));
+  } else {
+    ASSIGN_OR_RETURN(r.module, registry.Resolve(task, version));
+  }
+  if (r.module.module->spec().kind != kind) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "task: ", task, " is a ", TaskKindName(v.module->spec().kind),
+        "task: ", task, " is a ", TaskKindName(r.module.module->spec().kind),
         " task; ", rpc, " serves ", TaskKindName(kind), " tasks"));
   }
-  return v;
+  return r;
+}
+
+// What a served request leaves in the experiment log: its exposure, when
+// an experiment arm served it.
+struct ExposureNote {
+  Experimentation* experimentation = nullptr;  // null: nothing to log
+  Routed routed;
+  std::string request_id, unit_type, unit_id;
+
+  // Logs the exposure (called once the response is complete and OK).
+  void Served() const {
+    if (experimentation != nullptr) {
+      experimentation->RecordExposure(routed, request_id, unit_type, unit_id);
+    }
+  }
+};
+
+// The request's id (made when it has none) and arm, set in `response`,
+// and the note to log when it is served.
+template <typename Request, typename Response>
+ExposureNote Note(Experimentation* experimentation, const Routed& routed,
+                  const Request& request, Response* response) {
+  ExposureNote note;
+  note.request_id =
+      request.request_id().empty() ? NewRequestId() : request.request_id();
+  response->set_request_id(note.request_id);
+  if (routed.arm.has_value()) {
+    response->mutable_experiment()->set_experiment(routed.arm->experiment);
+    response->mutable_experiment()->set_arm(routed.arm->arm);
+    note.experimentation = experimentation;
+    note.routed = routed;
+    note.unit_type = request.unit_type();
+    note.unit_id = request.unit_id();
+  }
+  return note;
 }
 
 // The template a request names (empty = the first training template).
@@ -152,22 +199,27 @@ RecommenderService::RecommenderService(const ModuleRegistry& registry,
                                        BatchScheduler& scheduler,
                                        GenerationLoop& generation,
                                        const IndexSet& indexes,
-                                       RequestLimits limits, Metrics* metrics)
+                                       RequestLimits limits, Metrics* metrics,
+                                       Experimentation* experimentation)
     : registry_(registry),
       scheduler_(scheduler),
       generation_(generation),
       indexes_(indexes),
       limits_(limits),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      experimentation_(experimentation) {}
 
 grpc::ServerUnaryReactor* RecommenderService::Score(
     grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
     v1::ScoreResponse* response) {
   CallMetrics call{metrics_, "Score", request->task(), request->version()};
-  absl::StatusOr<ModuleVersion> v =
-      ResolveFor(registry_, request->task(), request->version(),
-                 TaskKind::kScore, "Score");
-  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  absl::StatusOr<Routed> routed = RouteFor(
+      registry_, experimentation_, request->task(), request->version(),
+      request->unit_type(), request->unit_id(), TaskKind::kScore, "Score");
+  if (!routed.ok()) {
+    return FinishNow(context, call, ToGrpcStatus(routed.status()));
+  }
+  const ModuleVersion* v = &routed->module;
   call.version = v->version;
   const int64_t n = request->candidates_size();
   if (n == 0 || n > limits_.max_candidates) {
@@ -220,9 +272,10 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
     labels.push_back(o.label);
   }
   const int positive = spec.OptionIndex(spec.positive_label);
+  ExposureNote note = Note(experimentation_, *routed, *request, response);
   scheduler_.Submit(
-      std::move(batch), [reactor, response, request, labels, positive,
-                         call](absl::StatusOr<BatchResult> result) {
+      std::move(batch), [reactor, response, request, labels, positive, call,
+                         note](absl::StatusOr<BatchResult> result) {
         if (!result.ok()) {
           reactor->Finish(call.Done(ToGrpcStatus(result.status())));
           return;
@@ -240,6 +293,7 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
           if (p.size() == 2 && positive >= 0) score = p[positive];
           s->set_score(static_cast<float>(score));
         }
+        note.Served();
         reactor->Finish(call.Done(grpc::Status::OK));
       });
   return reactor;
@@ -249,10 +303,13 @@ grpc::ServerUnaryReactor* RecommenderService::Embed(
     grpc::CallbackServerContext* context, const v1::EmbedRequest* request,
     v1::EmbedResponse* response) {
   CallMetrics call{metrics_, "Embed", request->task(), request->version()};
-  absl::StatusOr<ModuleVersion> v =
-      ResolveFor(registry_, request->task(), request->version(),
-                 TaskKind::kRetrieve, "Embed");
-  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  absl::StatusOr<Routed> routed =
+      RouteFor(registry_, nullptr, request->task(), request->version(), "", "",
+               TaskKind::kRetrieve, "Embed");
+  if (!routed.ok()) {
+    return FinishNow(context, call, ToGrpcStatus(routed.status()));
+  }
+  const ModuleVersion* v = &routed->module;
   call.version = v->version;
   const TaskSpec& spec = v->module->spec();
   const bool item = request->tower() == v1::EmbedRequest::ITEM;
@@ -299,10 +356,14 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
     grpc::CallbackServerContext* context, const v1::RetrieveRequest* request,
     v1::RetrieveResponse* response) {
   CallMetrics call{metrics_, "Retrieve", request->task(), request->version()};
-  absl::StatusOr<ModuleVersion> v =
-      ResolveFor(registry_, request->task(), request->version(),
-                 TaskKind::kRetrieve, "Retrieve");
-  if (!v.ok()) return FinishNow(context, call, ToGrpcStatus(v.status()));
+  absl::StatusOr<Routed> routed =
+      RouteFor(registry_, experimentation_, request->task(), request->version(),
+               request->unit_type(), request->unit_id(), TaskKind::kRetrieve,
+               "Retrieve");
+  if (!routed.ok()) {
+    return FinishNow(context, call, ToGrpcStatus(routed.status()));
+  }
+  const ModuleVersion* v = &routed->module;
   call.version = v->version;
   if (request->k() < 1 || request->k() > limits_.max_retrieve_k) {
     return FinishNow(
@@ -347,9 +408,10 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
   std::set<std::string> exclude(request->exclude().begin(),
                                 request->exclude().end());
   const int64_t k = request->k();
+  ExposureNote note = Note(experimentation_, *routed, *request, response);
   scheduler_.Submit(
-      std::move(batch), [reactor, response, index, exclude, k,
-                         call](absl::StatusOr<BatchResult> result) {
+      std::move(batch), [reactor, response, index, exclude, k, call,
+                         note](absl::StatusOr<BatchResult> result) {
         if (!result.ok()) {
           reactor->Finish(call.Done(ToGrpcStatus(result.status())));
           return;
@@ -362,6 +424,7 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
             item->set_id(h.item_id);
             item->set_score(h.score);
           }
+          note.Served();
         }
         reactor->Finish(call.Done(ToGrpcStatus(hits.status())));
       });
@@ -375,9 +438,12 @@ namespace {
 // itself when gRPC is done with the call.
 class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateStream(std::string task, std::string version, CallMetrics call)
-      : task_(std::move(task)),
-        version_(std::move(version)),
+  // `first` holds what the first message carries (task, version, request
+  // id, arm); `note` is logged when the stream ends OK.
+  GenerateStream(v1::GenerateResponse first, ExposureNote note,
+                 CallMetrics call)
+      : first_message_(std::move(first)),
+        note_(std::move(note)),
         call_(std::move(call)) {}
 
   // A message with new text (from the generation loop's thread).
@@ -394,6 +460,7 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
       m.set_finish_reason(FinishReasonName(finish));
       m.set_tokens(static_cast<int32_t>(tokens));
       PushLocked(std::move(m));
+      note_.Served();
     }
     final_ = call_.Done(ToGrpcStatus(status));
     ended_ = true;
@@ -422,8 +489,7 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   }
   void PushLocked(v1::GenerateResponse m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (first_) {
-      m.set_task(task_);
-      m.set_version(version_);
+      m.MergeFrom(first_message_);
       first_ = false;
     }
     queue_.push_back(std::move(m));
@@ -433,7 +499,8 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
     }
   }
 
-  const std::string task_, version_;
+  const v1::GenerateResponse first_message_;
+  const ExposureNote note_;
   const CallMetrics call_;
   std::atomic<bool> cancelled_{false};
   absl::Mutex mu_;  // guards the write queue and the end state
@@ -456,10 +523,14 @@ class FailedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   CallMetrics call{metrics_, "Generate", request->task(), request->version()};
-  absl::StatusOr<ModuleVersion> v =
-      ResolveFor(registry_, request->task(), request->version(),
-                 TaskKind::kGenerate, "Generate");
-  if (!v.ok()) return new FailedStream(call.Done(ToGrpcStatus(v.status())));
+  absl::StatusOr<Routed> routed =
+      RouteFor(registry_, experimentation_, request->task(), request->version(),
+               request->unit_type(), request->unit_id(), TaskKind::kGenerate,
+               "Generate");
+  if (!routed.ok()) {
+    return new FailedStream(call.Done(ToGrpcStatus(routed.status())));
+  }
+  const ModuleVersion* v = &routed->module;
   call.version = v->version;
   const TaskSpec& spec = v->module->spec();
   absl::StatusOr<const TaskTemplate*> t =
@@ -498,7 +569,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
   p.stop.assign(request->stop().begin(), request->stop().end());
   job.deadline = DeadlineOf(*context);
 
-  auto* stream = new GenerateStream(v->task, v->version, call);
+  v1::GenerateResponse first;
+  first.set_task(v->task);
+  first.set_version(v->version);
+  ExposureNote note = Note(experimentation_, *routed, *request, &first);
+  auto* stream = new GenerateStream(std::move(first), std::move(note), call);
   job.cancelled = [stream, context] {
     return stream->cancelled() || context->IsCancelled();
   };
@@ -513,6 +588,54 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
     stream->End(queued, FinishReason::kCancelled, 0);
   }
   return stream;
+}
+
+grpc::ServerUnaryReactor* RecommenderService::RecordEvents(
+    grpc::CallbackServerContext* context,
+    const v1::RecordEventsRequest* request,
+    v1::RecordEventsResponse* response) {
+  const CallMetrics call{metrics_, "RecordEvents", "", ""};
+  if (experimentation_ == nullptr) {
+    return FinishNow(
+        context, call,
+        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                     "this server runs no experiments (set experiments.dir "
+                     "in its config)"));
+  }
+  std::vector<FeedbackEvent> events;
+  std::vector<int> sent_index;  // events[i] is request->events(sent_index[i])
+  for (int i = 0; i < request->events_size(); ++i) {
+    const v1::Event& in = request->events(i);
+    absl::StatusOr<EventKind> kind = ParseEventKind(in.kind());
+    if (!kind.ok()) {
+      v1::RejectedEvent* r = response->add_rejected();
+      r->set_index(i);
+      r->set_error(std::string(kind.status().message()));
+      continue;
+    }
+    FeedbackEvent e;
+    e.kind = *kind;
+    e.value = in.value() == 0 && e.kind != EventKind::kRating ? 1 : in.value();
+    e.time_us = in.time_us();
+    e.request_id = in.request_id();
+    e.experiment = in.experiment();
+    e.unit_type = in.unit_type();
+    e.unit = in.unit_id();
+    events.push_back(std::move(e));
+    sent_index.push_back(i);
+  }
+  absl::StatusOr<Experimentation::EventsResult> result =
+      experimentation_->RecordEvents(std::move(events));
+  if (!result.ok())
+    return FinishNow(context, call, ToGrpcStatus(result.status()));
+  for (const auto& [index, error] : result->rejected) {
+    v1::RejectedEvent* r = response->add_rejected();
+    r->set_index(sent_index[index]);
+    r->set_error(error);
+  }
+  response->set_accepted(result->accepted);
+  response->set_unknown_requests(result->unknown_requests);
+  return FinishNow(context, call, grpc::Status::OK);
 }
 
 TasksService::TasksService(ModuleRegistry& registry, Metrics* metrics)

@@ -27,6 +27,7 @@
 #include "server/index/item_index.h"
 #include "server/metrics/metrics.h"
 #include "server/registry/module_registry.h"
+#include "server/rpc/experimentation.h"
 #include "server/scheduler/batch_scheduler.h"
 
 namespace optrec {
@@ -65,10 +66,13 @@ class RecommenderService final : public v1::Recommender::CallbackService {
  public:
   // Borrows the registry, scheduler and indexes, which must outlive the
   // service.
-  // `metrics` may be null (no metrics recorded).
+  // `metrics` may be null (no metrics recorded); `experimentation` may be
+  // null (no experiments: requests are served by the version they name or
+  // the default, RecordEvents is FAILED_PRECONDITION).
   RecommenderService(const ModuleRegistry& registry, BatchScheduler& scheduler,
                      GenerationLoop& generation, const IndexSet& indexes,
-                     RequestLimits limits, Metrics* metrics);
+                     RequestLimits limits, Metrics* metrics,
+                     Experimentation* experimentation = nullptr);
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const v1::ScoreRequest* request,
@@ -82,6 +86,10 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
       const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* RecordEvents(
+      grpc::CallbackServerContext* context,
+      const v1::RecordEventsRequest* request,
+      v1::RecordEventsResponse* response) override;
 
  private:
   const ModuleRegistry& registry_;
@@ -90,6 +98,7 @@ class RecommenderService final : public v1::Recommender::CallbackService {
   const IndexSet& indexes_;
   const RequestLimits limits_;
   Metrics* const metrics_;
+  Experimentation* const experimentation_;
 };
 
 class TasksService final : public v1::Tasks::CallbackService {

@@ -1,5 +1,7 @@
 #include "tests/testlib/tuning_fixture.h"
 
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -8,6 +10,8 @@
 #include "core/util/files.h"
 #include "core/util/hash.h"
 #include "tests/testlib/tiny_models.h"
+#include "tuning/module/prompt_module.h"
+#include "tuning/tune/task_batch.h"
 #include "tuning/world/generate.h"
 #include "tuning/world/world.h"
 
@@ -162,6 +166,29 @@ std::string BackboneChecksum(const TransformerLM& model) {
     bytes.append(static_cast<const char*>(c.data_ptr()), c.nbytes());
   }
   return Xxh3Hex128(bytes);
+}
+
+std::string WriteRandomModule(const std::string& kind,
+                              const std::string& version, uint64_t seed) {
+  auto model = LoadFixtureModel();
+  auto spec = ParseTaskSpec(TestSpec(kind), kind);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  auto task = MakeTaskContext(*spec, *model, SharedTuningFixture().world);
+  EXPECT_TRUE(task.ok()) << task.status();
+  auto module = PromptModule::Create(*spec, TuningMethod::kOptionAdapter,
+                                     *model, *(*task)->encoder, seed);
+  EXPECT_TRUE(module.ok()) << module.status();
+  torch::manual_seed(seed);
+  PromptModule::Named values;
+  for (const auto& [name, t] : (*module)->NamedTensors()) {
+    values.emplace_back(name, torch::randn(t.sizes()) * 0.2);
+  }
+  EXPECT_TRUE((*module)->CopyFrom(values).ok());
+  (*module)->info()["version"] = version;
+  const std::string path = absl::StrCat(MakeTempDir("module"), "/", spec->task,
+                                        ".", version, ".safetensors");
+  EXPECT_TRUE((*module)->Save(path).ok());
+  return path;
 }
 
 }  // namespace optrec

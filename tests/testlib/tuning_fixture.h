@@ -43,6 +43,13 @@ std::string WriteSpec(const nlohmann::json& spec, const std::string& name);
 std::shared_ptr<const TransformerLM> LoadFixtureModel(
     torch::ScalarType dtype = torch::kFloat32);
 
+// A module file of TestSpec(kind) over the fixture model, with every
+// tensor drawn from `seed` (so versions from different seeds score
+// differently), recording `version`; in a fresh temporary folder. Test
+// failures are reported through gtest.
+std::string WriteRandomModule(const std::string& kind,
+                              const std::string& version, uint64_t seed);
+
 // XXH3-128 over the bytes of every backbone tensor, in order.
 std::string BackboneChecksum(const TransformerLM& model);
 
