@@ -59,10 +59,22 @@ absl::StatusOr<std::unique_ptr<ExperimentSet>> ExperimentSet::Open(
   for (size_t i = 0; i < configured.size(); ++i) {
     auto held = set->experiments_.find(configured[i].name);
     if (held != set->experiments_.end()) {
-      if (ExperimentToJson(held->second) != ExperimentToJson(configured[i])) {
-        LOG_WARNING << "experiment " << configured[i].name
+      // The configured definition as it would have been stored.
+      ExperimentDefinition placed = configured[i];
+      if (placed.layer_offset < 0)
+        placed.layer_offset = held->second.layer_offset;
+      if (placed.layer_share == 0) placed.layer_share = placed.traffic;
+      const Json file = ExperimentToJson(held->second);
+      const Json config = ExperimentToJson(placed);
+      std::vector<std::string> differ;
+      for (auto it = config.begin(); it != config.end(); ++it) {
+        if (file[it.key()] != it.value()) differ.push_back(it.key());
+      }
+      if (!differ.empty()) {
+        LOG_WARNING << "experiment " << placed.name
                     << ": the state file's definition (with its admin "
-                       "changes) is kept over the config's";
+                       "changes) is kept over the config's, which differs in "
+                    << absl::StrJoin(differ, ", ");
       }
       continue;
     }
@@ -174,6 +186,9 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::Change(
     updated = previous;
     RETURN_IF_ERROR(change(&updated));
     RETURN_IF_ERROR(ValidateExperiment(updated));
+    if (ExperimentToJson(updated) == ExperimentToJson(previous)) {
+      return updated;  // nothing to keep or tell
+    }
     it->second = updated;
     absl::Status persisted = PersistLocked();
     if (!persisted.ok()) {

@@ -52,15 +52,17 @@ class ExperimentSet {
 
   // Adds an experiment. A layer_offset of -1 is placed at the lowest free
   // offset of its layer; layer_share 0 becomes traffic. Returns the
-  // definition as stored. Errors: InvalidArgument (ValidateExperiment, or
-  // check_version for an arm); AlreadyExists for a used name;
+  // definition as stored. Errors: InvalidArgument (ValidateExperiment);
+  // check_version's error for an arm, with its code, prefixed with
+  // "arms[i].version"; AlreadyExists for a used name;
   // FailedPrecondition when the layer has no room, when an explicit slot
   // overlaps another experiment's (named), or when another experiment of
   // the task is in a different layer. Stopped experiments hold no slot.
   absl::StatusOr<ExperimentDefinition> Define(ExperimentDefinition definition);
 
   // Moves an experiment to `state`: draft -> running, running <-> paused,
-  // anything but stopped -> stopped; the same state is a no-op.
+  // anything but stopped -> stopped; the same state is a no-op (nothing
+  // written, on_change not called).
   // NotFound for an unknown name; FailedPrecondition for another move
   // (a stopped experiment never runs again; define a new one).
   absl::StatusOr<ExperimentDefinition> SetState(const std::string& name,
