@@ -516,11 +516,20 @@ TEST(ExperimentSetTest, DefineRefusesConflictsAndInvalidDefinitions) {
   EXPECT_EQ(duplicate.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(duplicate.message(), HasSubstr("arms[1].name"));
 
-  for (double weight : {0.0, -1.0, std::nan("")}) {
+  // Weights that are not positive, or so far apart that an arm would get
+  // no bucket of the split (no unit at all).
+  for (double weight : {0.0, -1.0, std::nan(""), 1e-5}) {
     const absl::Status bad = refusal(Definition("g", "t4", {1, weight}, 0.1));
     EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << weight;
     EXPECT_THAT(bad.message(), HasSubstr("arms[1].weight")) << weight;
   }
+  const absl::Status overflow =
+      refusal(Definition("g", "t4", {1e308, 1e308}, 0.1));
+  EXPECT_EQ(overflow.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(overflow.message(), HasSubstr("sum"));
+  // The smallest share that still gets a bucket is accepted.
+  EXPECT_TRUE(set->Define(Definition("g", "t4", {9999, 1}, 0.1)).ok());
+  ASSERT_TRUE(set->SetState("g", ExperimentState::kStopped).ok());
   for (double traffic : {0.0, -0.1, 1.5, std::nan("")}) {
     const absl::Status bad = refusal(Definition("h", "t4", {1, 1}, traffic));
     EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << traffic;
@@ -535,7 +544,7 @@ TEST(ExperimentSetTest, DefineRefusesConflictsAndInvalidDefinitions) {
   EXPECT_THAT(hook.message(), HasSubstr("version v404 of t4 is not loaded"));
 
   // Nothing refused was kept.
-  EXPECT_EQ(set->List().size(), 1u);
+  EXPECT_EQ(set->List().size(), 2u);
 }
 
 TEST(ExperimentSetTest, StoppedExperimentFreesItsSlot) {

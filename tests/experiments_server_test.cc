@@ -223,6 +223,7 @@ TEST_F(ExperimentsServerTest, RecordEventsLogsRejectsAndCountsUnknownRequests) {
   no_experiment->set_unit_id(unit);
   no_experiment->set_experiment("nope");
   add("", "click", 1);  // 6: no key
+  add(served.request_id(), "click", 1)->set_time_us(int64_t{1} << 62);  // 7
 
   grpc::ClientContext context;
   v1::RecordEventsResponse response;
@@ -233,7 +234,8 @@ TEST_F(ExperimentsServerTest, RecordEventsLogsRejectsAndCountsUnknownRequests) {
   for (const v1::RejectedEvent& r : response.rejected()) {
     rejected[r.index()] = r.error();
   }
-  ASSERT_EQ(rejected.size(), 4u);
+  ASSERT_EQ(rejected.size(), 5u);
+  EXPECT_THAT(rejected[7], HasSubstr("time_us"));
   EXPECT_THAT(rejected[2], HasSubstr("like"));
   EXPECT_THAT(rejected[3], HasSubstr("value"));
   EXPECT_THAT(rejected[5], HasSubstr("nope"));
@@ -372,6 +374,39 @@ TEST_F(ExperimentsServerTest, AdminServiceRunsAnExperimentsLifecycle) {
   EXPECT_EQ(restored[0].traffic, 0.5);
   EXPECT_EQ(restored[1].state, ExperimentState::kStopped);
   EXPECT_EQ(restored[1].layer_offset, 5000);
+}
+
+TEST_F(ExperimentsServerTest, OverlongKeysAreRefusedNamingTheField) {
+  v1::ScoreRequest r = ScoreFor(std::string(300, 'u'));
+  grpc::ClientContext context;
+  v1::ScoreResponse out;
+  grpc::Status s = recommender_->Score(&context, r, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("unit_id"));
+}
+
+TEST_F(ExperimentsServerTest, RetrievalArmsNeedTheirIndex) {
+  // Two retrieval versions loaded, neither with an index: an experiment
+  // between them could serve none of its requests.
+  server_.reset();
+  options_.modules.push_back(WriteRandomModule("retrieve", "r1", 3));
+  options_.modules.push_back(WriteRandomModule("retrieve", "r2", 4));
+  Start();
+  v1::Experiment define;
+  define.set_name("retrieval");
+  define.set_task("next_click");
+  define.set_layer("retrieval");
+  for (const char* version : {"r1", "r2"}) {
+    v1::ExperimentArm* a = define.add_arms();
+    a->set_name(version);
+    a->set_version(version);
+  }
+  grpc::ClientContext c;
+  v1::Experiment out;
+  grpc::Status s = admin_->DefineExperiment(&c, define, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("arms[0].version"));
+  EXPECT_THAT(s.error_message(), HasSubstr("no retrieval index"));
 }
 
 TEST_F(ExperimentsServerTest, ConcurrentTrafficLogsEveryExposureAndEventOnce) {

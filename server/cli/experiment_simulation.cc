@@ -90,9 +90,21 @@ absl::Status RpcError(const char* rpc, const grpc::Status& s) {
 
 absl::StatusOr<SimulationResult> SimulateExperiment(
     const SimulationOptions& o) {
-  if (o.k < 1 || o.threads < 1 || !(o.traffic > 0 && o.traffic <= 1)) {
+  if (o.k < 1 || o.k > 1000) {
     return absl::InvalidArgumentError(
-        "k and threads must be >= 1 and traffic in (0, 1]");
+        absl::StrCat("k: ", o.k, " is outside [1, 1000]"));
+  }
+  if (o.threads < 1 || o.threads > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads: ", o.threads, " is outside [1, 256]"));
+  }
+  if (!(o.traffic > 0 && o.traffic <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("traffic: ", o.traffic, " is outside (0, 1]"));
+  }
+  if (o.units < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("units: ", o.units, " is negative"));
   }
   struct stat st;
   if (stat(o.out_dir.c_str(), &st) == 0) {
@@ -201,7 +213,9 @@ absl::StatusOr<SimulationResult> SimulateExperiment(
         clicked = clicked || item.id() == v.target_item;
       }
       if (s.ok() && response.has_experiment()) ++exposed;
-      if (s.ok() && clicked) {
+      // Units outside the experiment's traffic click too, but their
+      // requests were no exposure: no event to report.
+      if (s.ok() && clicked && response.has_experiment()) {
         v1::RecordEventsRequest events;
         v1::Event* e = events.add_events();
         e->set_request_id(response.request_id());

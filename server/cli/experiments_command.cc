@@ -1,5 +1,6 @@
 // optrec experiments: the report of an A/B experiment from its logs, and a
 // simulated experiment on the shop world.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -126,7 +127,7 @@ int Simulate(int argc, char** argv) {
   }
   o.units = *units;
   o.k = *k;
-  o.threads = static_cast<int>(*threads);
+  o.threads = static_cast<int>(std::clamp<int64_t>(*threads, 0, 1 << 20));
   o.traffic = *traffic;
   absl::StatusOr<SimulationResult> result = SimulateExperiment(o);
   if (!result.ok()) return Fail(result.status());

@@ -30,6 +30,17 @@ absl::Status CheckName(const std::string& field, const std::string& value) {
                    "' must be 1 to 64 of the characters A-Z a-z 0-9 _ . -"));
 }
 
+// InvalidArgument naming `field` when `value` is not valid UTF-8 (the
+// definition is kept as JSON, which holds UTF-8 only).
+absl::Status CheckText(const std::string& field, const std::string& value) {
+  try {
+    (void)Json(value).dump();
+  } catch (const Json::type_error&) {
+    return absl::InvalidArgumentError(field + ": is not valid UTF-8");
+  }
+  return absl::OkStatus();
+}
+
 uint64_t Hash(const std::string& bytes) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
@@ -90,6 +101,8 @@ absl::StatusOr<ExperimentState> ParseExperimentState(const std::string& name) {
 absl::Status ValidateExperiment(const ExperimentDefinition& d) {
   RETURN_IF_ERROR(CheckName("name", d.name));
   if (d.task.empty()) return absl::InvalidArgumentError("task: required");
+  RETURN_IF_ERROR(CheckText("task", d.task));
+  RETURN_IF_ERROR(CheckText("salt", d.salt));
   RETURN_IF_ERROR(CheckName("unit_type", d.unit_type));
   RETURN_IF_ERROR(CheckName("layer", d.layer));
   const double share = d.layer_share == 0 ? d.traffic : d.layer_share;
@@ -133,10 +146,33 @@ absl::Status ValidateExperiment(const ExperimentDefinition& d) {
     if (arm.version.empty()) {
       return absl::InvalidArgumentError(where + ".version: required");
     }
+    RETURN_IF_ERROR(CheckText(where + ".version", arm.version));
     if (!(arm.weight > 0) || !std::isfinite(arm.weight)) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ".weight: ", arm.weight, " must be a positive number"));
     }
+  }
+  // Every arm needs buckets of its own: weights far apart would leave one
+  // with no unit at all.
+  double total = 0;
+  for (const ExperimentArm& arm : d.arms) total += arm.weight;
+  if (!std::isfinite(total)) {
+    return absl::InvalidArgumentError(
+        "arms: the weights' sum is not a finite number");
+  }
+  double cumulative = 0;
+  int64_t begin = 0;
+  for (size_t i = 0; i < d.arms.size(); ++i) {
+    cumulative += d.arms[i].weight;
+    const int64_t end = i + 1 == d.arms.size() ? kExperimentBuckets
+                                               : Buckets(cumulative / total);
+    if (end <= begin) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("arms[", i, "].weight: ", d.arms[i].weight,
+                       " is too small a share of the weights (", total,
+                       ") to get one of the 10000 buckets"));
+    }
+    begin = end;
   }
   return absl::OkStatus();
 }

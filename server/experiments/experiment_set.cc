@@ -53,7 +53,16 @@ absl::StatusOr<std::unique_ptr<ExperimentSet>> ExperimentSet::Open(
                                                     ? valid.message()
                                                     : "no layer_offset"));
       }
-      set->experiments_[d->name] = *d;
+      // Checked as a definition would be, versions aside: two experiments
+      // of one name, sharing buckets or splitting a task over layers
+      // would assign units ambiguously.
+      absl::StatusOr<ExperimentDefinition> placed =
+          set->PlaceLocked(*d, /*check_versions=*/false);
+      if (!placed.ok()) {
+        return absl::DataLossError(
+            absl::StrCat(where, " conflicts: ", placed.status().message()));
+      }
+      set->experiments_[d->name] = *placed;
     }
   }
   for (size_t i = 0; i < configured.size(); ++i) {
@@ -78,25 +87,27 @@ absl::StatusOr<std::unique_ptr<ExperimentSet>> ExperimentSet::Open(
       }
       continue;
     }
-    absl::StatusOr<ExperimentDefinition> d = set->DefineLocked(configured[i]);
+    absl::StatusOr<ExperimentDefinition> d =
+        set->PlaceLocked(configured[i], /*check_versions=*/true);
     if (!d.ok()) {
-      return absl::Status(
-          d.status().code(),
-          absl::StrCat("experiments[", i, "]: ", d.status().message()));
+      return absl::Status(d.status().code(),
+                          absl::StrCat("experiments.definitions[", i,
+                                       "]: ", d.status().message()));
     }
+    set->experiments_[d->name] = *d;
   }
-  RETURN_IF_ERROR(set->PersistLocked());
+  RETURN_IF_ERROR(set->Persist(set->SnapshotLocked(nullptr)));
   return set;
 }
 
-absl::StatusOr<ExperimentDefinition> ExperimentSet::DefineLocked(
-    ExperimentDefinition d) {
+absl::StatusOr<ExperimentDefinition> ExperimentSet::PlaceLocked(
+    ExperimentDefinition d, bool check_versions) const {
   RETURN_IF_ERROR(ValidateExperiment(d));
   if (experiments_.count(d.name) != 0) {
     return absl::AlreadyExistsError(
         absl::StrCat("name: experiment '", d.name, "' exists already"));
   }
-  if (options_.check_version) {
+  if (check_versions && options_.check_version) {
     for (size_t i = 0; i < d.arms.size(); ++i) {
       absl::Status ok = options_.check_version(d.task, d.arms[i].version);
       if (!ok.ok()) {
@@ -106,6 +117,11 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::DefineLocked(
     }
   }
   if (d.layer_share == 0) d.layer_share = d.traffic;
+  if (d.state == ExperimentState::kStopped) {
+    // A stopped experiment holds no slot and assigns nobody.
+    if (d.layer_offset < 0) d.layer_offset = 0;
+    return d;
+  }
   // The slots held in the layer, and the task's other layer if any.
   std::vector<std::pair<LayerSlot, std::string>> held;
   for (const auto& [name, other] : experiments_) {
@@ -147,27 +163,31 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::DefineLocked(
           slot.begin, ", ", slot.end, ")"));
     }
   }
-  experiments_[d.name] = d;
   return d;
 }
 
 absl::StatusOr<ExperimentDefinition> ExperimentSet::Define(
     ExperimentDefinition definition) {
   absl::MutexLock changes(&change_mu_);
-  ExperimentDefinition stored;
+  ExperimentDefinition placed;
+  Json snapshot;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(
+        placed, PlaceLocked(std::move(definition), /*check_versions=*/true));
+    snapshot = SnapshotLocked(&placed);
+  }
+  // Written before it becomes visible, outside mu_: requests keep being
+  // assigned while the file is synced.
+  RETURN_IF_ERROR(Persist(snapshot));
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(stored, DefineLocked(std::move(definition)));
-    absl::Status persisted = PersistLocked();
-    if (!persisted.ok()) {
-      experiments_.erase(stored.name);
-      return persisted;
-    }
+    experiments_[placed.name] = placed;
   }
-  LOG_INFO << "experiment " << stored.name << " defined ("
-           << ExperimentStateName(stored.state) << ")";
-  if (on_change_) on_change_(stored);
-  return stored;
+  LOG_INFO << "experiment " << placed.name << " defined ("
+           << ExperimentStateName(placed.state) << ")";
+  if (on_change_) on_change_(placed);
+  return placed;
 }
 
 absl::StatusOr<ExperimentDefinition> ExperimentSet::Change(
@@ -175,26 +195,26 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::Change(
     const std::function<absl::Status(ExperimentDefinition*)>& change) {
   absl::MutexLock changes(&change_mu_);
   ExperimentDefinition updated;
+  Json snapshot;
   {
-    absl::MutexLock lock(&mu_);
+    absl::ReaderMutexLock lock(&mu_);
     auto it = experiments_.find(name);
     if (it == experiments_.end()) {
       return absl::NotFoundError(
           absl::StrCat("experiment: '", name, "' is not defined"));
     }
-    const ExperimentDefinition previous = it->second;
-    updated = previous;
+    updated = it->second;
     RETURN_IF_ERROR(change(&updated));
     RETURN_IF_ERROR(ValidateExperiment(updated));
-    if (ExperimentToJson(updated) == ExperimentToJson(previous)) {
+    if (ExperimentToJson(updated) == ExperimentToJson(it->second)) {
       return updated;  // nothing to keep or tell
     }
-    it->second = updated;
-    absl::Status persisted = PersistLocked();
-    if (!persisted.ok()) {
-      it->second = previous;
-      return persisted;
-    }
+    snapshot = SnapshotLocked(&updated);
+  }
+  RETURN_IF_ERROR(Persist(snapshot));
+  {
+    absl::MutexLock lock(&mu_);
+    experiments_[name] = updated;
   }
   if (on_change_) on_change_(updated);
   return updated;
@@ -276,16 +296,24 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::Get(
   return it->second;
 }
 
-absl::Status ExperimentSet::PersistLocked() {
+Json ExperimentSet::SnapshotLocked(const ExperimentDefinition* with) const {
+  std::map<std::string, const ExperimentDefinition*> all;
+  for (const auto& [name, d] : experiments_) all[name] = &d;
+  if (with != nullptr) all[with->name] = with;
+  Json list = Json::array();
+  for (const auto& [name, d] : all) list.push_back(ExperimentToJson(*d));
+  return {{"experiments", std::move(list)}};
+}
+
+absl::Status ExperimentSet::Persist(const Json& snapshot) const {
   if (options_.state_path.empty()) return absl::OkStatus();
-  Json all = Json::array();
-  for (const auto& [name, d] : experiments_) all.push_back(ExperimentToJson(d));
-  const Json j = {{"experiments", std::move(all)}};
-  absl::Status written = WriteFileAtomic(options_.state_path, j.dump(2) + "\n");
+  absl::Status written =
+      WriteFileAtomic(options_.state_path, snapshot.dump(2) + "\n");
   if (!written.ok()) {
-    return absl::Status(
-        written.code(),
-        absl::StrCat("experiment state not saved: ", written.message()));
+    return absl::Status(written.code(),
+                        absl::StrCat("experiment state not saved (nothing "
+                                     "changed): ",
+                                     written.message()));
   }
   return absl::OkStatus();
 }

@@ -46,7 +46,8 @@ class ExperimentSet {
   // A name in both keeps the file's definition, which records the admin
   // changes since; a warning names the fields that differ. Errors: the
   // state file unreadable or corrupt (DataLoss naming it), or Define's
-  // error for a configured definition, prefixed with "experiments[i]".
+  // error for a configured definition, prefixed with
+  // "experiments.definitions[i]".
   static absl::StatusOr<std::unique_ptr<ExperimentSet>> Open(
       Options options, const std::vector<ExperimentDefinition>& configured);
 
@@ -97,10 +98,17 @@ class ExperimentSet {
  private:
   explicit ExperimentSet(Options options) : options_(std::move(options)) {}
 
-  absl::StatusOr<ExperimentDefinition> DefineLocked(
-      ExperimentDefinition definition) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes the state file; on error the caller restores `previous`.
-  absl::Status PersistLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `definition` checked against the others and placed (layer_share and
+  // layer_offset filled in), not added. Stopped definitions hold no slot.
+  absl::StatusOr<ExperimentDefinition> PlaceLocked(
+      ExperimentDefinition definition, bool check_versions) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The state file's contents: every definition, with `with` added or
+  // replacing the one of its name (null: none).
+  nlohmann::json SnapshotLocked(const ExperimentDefinition* with) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Writes `snapshot` to the state file (when there is one).
+  absl::Status Persist(const nlohmann::json& snapshot) const;
   // Applies `change` to a copy of the named experiment and keeps it when
   // valid and persisted.
   absl::StatusOr<ExperimentDefinition> Change(
@@ -109,7 +117,9 @@ class ExperimentSet {
 
   const Options options_;
   std::function<void(const ExperimentDefinition&)> on_change_;
-  // Serialises changes so that on_change_ sees them in order.
+  // Serialises changes (so that on_change_ sees them in order and the
+  // state file is written by one change at a time); held while the file is
+  // written, which mu_ is not.
   absl::Mutex change_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;  // guards experiments_
   std::map<std::string, ExperimentDefinition> experiments_ ABSL_GUARDED_BY(mu_);

@@ -170,7 +170,9 @@ absl::StatusOr<ExperimentReport> BuildExperimentReport(
       it->second.several_arms = true;
     }
     ++report.arms[it->second.arm].exposures;
-    request_unit[e.request_id] = key;
+    if (!request_unit.emplace(e.request_id, key).second) {
+      ++report.duplicate_request_ids;  // events join the first
+    }
   }
 
   // Events join their unit by request id, or by unit for this experiment.
@@ -263,7 +265,10 @@ absl::StatusOr<ExperimentReport> BuildExperimentReport(
   report.lift_curves.assign(report.comparisons.size(), {});
   if (!units.empty()) {
     for (int64_t p = 1; p <= options.curve_points; ++p) {
-      const int64_t at = begin + (end - begin) * p / options.curve_points;
+      // In 128 bits: the span times the point may pass 2^63.
+      const int64_t at =
+          static_cast<int64_t>(begin + static_cast<__int128>(end - begin) * p /
+                                           options.curve_points);
       std::vector<stats::BinomialCounts> by_arm(d.arms.size());
       for (const auto& [key, u] : units) {
         if (u.first_exposure_us > at) continue;
@@ -376,6 +381,7 @@ Json ExperimentReport::ToJson() const {
           {"unmatched_events", unmatched_events},
           {"units_in_several_arms", units_in_several_arms},
           {"exposures_of_unknown_arms", exposures_of_unknown_arms},
+          {"duplicate_request_ids", duplicate_request_ids},
           {"first_exposure_us", first_exposure_us},
           {"last_record_us", last_record_us},
           {"log",
@@ -480,11 +486,14 @@ std::string ExperimentReport::ToText() const {
                         "unmatched events: %d (no exposure holds their "
                         "request id or unit)\n",
                         unmatched_events);
-  if (units_in_several_arms > 0 || exposures_of_unknown_arms > 0) {
+  if (units_in_several_arms > 0 || exposures_of_unknown_arms > 0 ||
+      duplicate_request_ids > 0) {
     absl::StrAppendFormat(&out,
                           "WARNING: %d units exposed under several arms, %d "
-                          "exposures of arms the definition lacks\n",
-                          units_in_several_arms, exposures_of_unknown_arms);
+                          "exposures of arms the definition lacks, %d "
+                          "request ids used by more than one exposure\n",
+                          units_in_several_arms, exposures_of_unknown_arms,
+                          duplicate_request_ids);
   }
   return out;
 }

@@ -94,6 +94,9 @@ struct ExperimentReport {
   int64_t units_in_several_arms = 0;
   // Exposures naming an arm the definition lacks.
   int64_t exposures_of_unknown_arms = 0;
+  // Exposures of this experiment whose request id an earlier one has
+  // (request ids must be unique); their events join the first.
+  int64_t duplicate_request_ids = 0;
   int64_t first_exposure_us = 0;
   int64_t last_record_us = 0;
   // What reading the logs found (summed over folders).

@@ -14,6 +14,8 @@
 namespace optrec {
 namespace {
 
+constexpr int64_t kDayUs = int64_t{86400} * 1000000;
+
 int64_t SystemNowUs() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -56,7 +58,8 @@ absl::Status ValidateExperimentOptions(const ExperimentOptions& o) {
 
 absl::StatusOr<std::unique_ptr<Experimentation>> Experimentation::Open(
     const ExperimentOptions& options, const ModuleRegistry& registry,
-    Metrics* metrics, std::function<int64_t()> clock_us) {
+    Metrics* metrics, std::function<int64_t()> clock_us,
+    std::function<absl::Status(const ModuleVersion&)> can_serve) {
   RETURN_IF_ERROR(ValidateExperimentOptions(options));
   if (options.dir.empty()) {
     return absl::InvalidArgumentError("experiments.dir: required");
@@ -66,13 +69,16 @@ absl::StatusOr<std::unique_ptr<Experimentation>> Experimentation::Open(
   e->metrics_ = metrics;
   e->clock_us_ = clock_us ? std::move(clock_us) : SystemNowUs;
   e->recent_capacity_ = options.recent_requests;
+  e->can_serve_ = std::move(can_serve);
   e->log_dir_ = options.dir + "/log";
 
   ExperimentSet::Options set;
   set.state_path = options.dir + "/state.json";
-  set.check_version = [&registry](const std::string& task,
-                                  const std::string& version) {
-    return registry.Resolve(task, version).status();
+  Experimentation* raw = e.get();
+  set.check_version = [raw](const std::string& task,
+                            const std::string& version) -> absl::Status {
+    ASSIGN_OR_RETURN(ModuleVersion v, raw->registry_->Resolve(task, version));
+    return raw->can_serve_ ? raw->can_serve_(v) : absl::OkStatus();
   };
   RETURN_IF_ERROR(MakeDirs(options.dir));
   ASSIGN_OR_RETURN(e->set_,
@@ -86,7 +92,9 @@ absl::StatusOr<std::unique_ptr<Experimentation>> Experimentation::Open(
       std::max<int64_t>(log.max_pending_records, options.flush_records);
   log.flush_interval_us = options.flush_interval_us;
   log.max_file_bytes = options.max_file_bytes;
-  Experimentation* raw = e.get();
+  // Serving never waits for the disk: a full queue refuses the record,
+  // which is counted (exposures) or handed back (events).
+  log.wait_when_full = false;
   // Every file starts with the definitions its records refer to.
   log.file_header = [raw] {
     std::vector<std::string> lines;
@@ -132,7 +140,8 @@ absl::StatusOr<Experimentation::Routed> Experimentation::Route(
     if (metrics_ != nullptr) {
       metrics_->Add("optrec_experiment_fallbacks_total",
                     "requests an experiment arm could not serve (its version "
-                    "is not loaded), served by the default version",
+                    "is not loaded or has no index), served by the default "
+                    "version",
                     {{"experiment", r.arm->experiment}, {"arm", r.arm->arm}});
     }
     r.arm.reset();
@@ -168,15 +177,28 @@ void Experimentation::RecordExposure(const Routed& routed,
   x.unit = unit_id;
   Remember(request_id);
   absl::Status logged = log_->Append(ExposureRecord(x));
-  if (metrics_ == nullptr) return;
-  if (logged.ok()) {
+  if (!logged.ok()) {
+    LogRefused(logged, x.experiment);
+    return;
+  }
+  if (metrics_ != nullptr) {
     metrics_->Add("optrec_experiment_exposures_total",
                   "requests served by an experiment arm and logged",
                   {{"experiment", x.experiment}, {"arm", x.arm}});
-  } else {
+  }
+}
+
+void Experimentation::LogRefused(const absl::Status& status,
+                                 const std::string& experiment) {
+  if (!warned_.exchange(true)) {
+    LOG_WARNING << "experiment log refused a record (counted in "
+                   "optrec_experiment_log_errors_total; warned once): "
+                << status;
+  }
+  if (metrics_ != nullptr) {
     metrics_->Add("optrec_experiment_log_errors_total",
                   "exposures and events the experiment log refused",
-                  {{"experiment", x.experiment}});
+                  {{"experiment", experiment}});
   }
 }
 
@@ -185,18 +207,29 @@ absl::StatusOr<Experimentation::EventsResult> Experimentation::RecordEvents(
   EventsResult result;
   for (size_t i = 0; i < events.size(); ++i) {
     FeedbackEvent& e = events[i];
-    if (e.time_us == 0) e.time_us = NowUs();
+    const int64_t now = NowUs();
+    if (e.time_us == 0) e.time_us = now;
     if (e.unit_type.empty()) e.unit_type = "user";
     absl::Status valid = ValidateEvent(e);
+    if (valid.ok())
+      valid = ValidateRequestKeys(e.request_id, e.unit_type, e.unit);
+    if (valid.ok() && (e.time_us < 0 || e.time_us > now + kDayUs)) {
+      valid = absl::InvalidArgumentError(absl::StrCat(
+          "time_us: ", e.time_us,
+          " is before 1970 or more than a day ahead of the server's clock"));
+    }
     if (valid.ok() && e.request_id.empty()) {
       valid = set_->Get(e.experiment).status();
+    }
+    if (valid.ok()) {
+      valid = log_->Append(EventRecord(e));
+      if (!valid.ok()) LogRefused(valid, e.experiment);
     }
     if (!valid.ok()) {
       result.rejected.push_back(
           {static_cast<int>(i), std::string(valid.message())});
       continue;
     }
-    RETURN_IF_ERROR(log_->Append(EventRecord(e)));
     ++result.accepted;
     if (!e.request_id.empty()) {
       absl::MutexLock lock(&recent_mu_);
@@ -215,6 +248,21 @@ absl::StatusOr<Experimentation::EventsResult> Experimentation::RecordEvents(
                   {}, static_cast<double>(result.unknown_requests));
   }
   return result;
+}
+
+absl::Status ValidateRequestKeys(const std::string& request_id,
+                                 const std::string& unit_type,
+                                 const std::string& unit_id) {
+  for (const auto& [field, value] : {std::make_pair("request_id", &request_id),
+                                     std::make_pair("unit_type", &unit_type),
+                                     std::make_pair("unit_id", &unit_id)}) {
+    if (value->size() > kMaxKeyBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": ", value->size(), " bytes; at most ",
+                       kMaxKeyBytes, " are allowed"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string NewRequestId() {
@@ -248,7 +296,7 @@ ExperimentDefinition ExperimentFromProto(const v1::Experiment& m) {
   if (!m.unit_type().empty()) d.unit_type = m.unit_type();
   if (!m.layer().empty()) d.layer = m.layer();
   d.salt = m.salt();
-  d.traffic = m.traffic();
+  d.traffic = m.traffic() == 0 ? 1 : m.traffic();
   d.layer_share = m.layer_share();
   d.layer_offset = m.has_layer_offset() ? m.layer_offset() : -1;
   for (const v1::ExperimentArm& a : m.arms()) {

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -59,9 +60,15 @@ class Experimentation {
   // registry and `metrics` (may be null) must outlive this object.
   // `clock_us` gives the time of exposures (microseconds since the Unix
   // epoch); null = the system clock.
+  // `can_serve` says whether a loaded version can serve its task's
+  // requests beyond being loaded (a retrieval version needs its index);
+  // null = every loaded version can. Arms are checked with it when
+  // defined, and requests fall back to the default version when an arm's
+  // version fails it later.
   static absl::StatusOr<std::unique_ptr<Experimentation>> Open(
       const ExperimentOptions& options, const ModuleRegistry& registry,
-      Metrics* metrics, std::function<int64_t()> clock_us = nullptr);
+      Metrics* metrics, std::function<int64_t()> clock_us = nullptr,
+      std::function<absl::Status(const ModuleVersion&)> can_serve = nullptr);
   ~Experimentation();
 
   // The module serving a request and, when an experiment picked it, the
@@ -78,14 +85,19 @@ class Experimentation {
                                const std::string& unit_id) const;
 
   // Logs that `routed` served request `request_id` for the unit (only when
-  // an arm did). A log failure is counted and warned about: the response
+  // an arm did). Never blocks on the disk: when the log is failing or its
+  // queue is full the exposure is lost, counted in
+  // optrec_experiment_log_errors_total and warned about once; the response
   // is still served.
   void RecordExposure(const Routed& routed, const std::string& request_id,
                       const std::string& unit_type, const std::string& unit_id);
 
-  // Logs feedback. Each event is checked (ValidateEvent; a unit-keyed
-  // event must name a defined experiment); refused ones come back with
-  // their index and reason and are not logged. Time 0 becomes now.
+  // Logs feedback. Each event is checked (ValidateEvent; keys of at most
+  // kMaxKeyBytes; a unit-keyed event must name a defined experiment; a
+  // time from 0, meaning now, to a day ahead of this server's clock);
+  // refused ones come back with their index and reason and are not logged,
+  // so the caller can send them again: also those the log could not take
+  // (a full queue, a failing disk).
   struct EventsResult {
     int64_t accepted = 0;
     std::vector<std::pair<int, std::string>> rejected;
@@ -106,8 +118,12 @@ class Experimentation {
   Experimentation() = default;
   // Remembers a request id served under an experiment.
   void Remember(const std::string& request_id);
+  // Counts a record the log refused, warning the first time.
+  void LogRefused(const absl::Status& status, const std::string& experiment);
 
   const ModuleRegistry* registry_ = nullptr;
+  std::function<absl::Status(const ModuleVersion&)> can_serve_;
+  std::atomic<bool> warned_ = false;
   Metrics* metrics_ = nullptr;
   std::function<int64_t()> clock_us_;
   std::string log_dir_;
@@ -118,6 +134,15 @@ class Experimentation {
   std::unordered_set<std::string> recent_ ABSL_GUARDED_BY(recent_mu_);
   std::deque<std::string> recent_order_ ABSL_GUARDED_BY(recent_mu_);
 };
+
+// The longest request id, unit id or unit type a request or event may
+// carry, in bytes.
+inline constexpr size_t kMaxKeyBytes = 256;
+
+// InvalidArgument naming the field for a key longer than kMaxKeyBytes.
+absl::Status ValidateRequestKeys(const std::string& request_id,
+                                 const std::string& unit_type,
+                                 const std::string& unit_id);
 
 // A request id for a request that came without one: 32 random hex digits.
 std::string NewRequestId();

@@ -275,9 +275,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServeOptions& o) {
   s->generation_ = std::make_unique<GenerationLoop>(s->model_, o.generation);
   s->RegisterMetrics();
   if (!o.experiments.dir.empty()) {
-    ASSIGN_OR_RETURN(
-        s->experimentation_,
-        Experimentation::Open(o.experiments, *s->registry_, &s->metrics_));
+    // A retrieval version serves only with its index loaded.
+    const IndexSet* indexes = &s->indexes_;
+    auto can_serve = [indexes](const ModuleVersion& v) -> absl::Status {
+      if (v.module->spec().kind != TaskKind::kRetrieve ||
+          indexes->Find(v.task, v.version) != nullptr) {
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("task ", v.task, " version ", v.version,
+                       " has no retrieval index loaded"));
+    };
+    ASSIGN_OR_RETURN(s->experimentation_,
+                     Experimentation::Open(o.experiments, *s->registry_,
+                                           &s->metrics_, nullptr, can_serve));
   }
   s->experiments_ = std::make_unique<ExperimentsService>(
       s->experimentation_.get(), &s->metrics_);

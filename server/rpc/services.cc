@@ -79,14 +79,13 @@ using Routed = Experimentation::Routed;
 
 // The module serving the request (its unit's experiment arm when one
 // applies), checked for the RPC's kind. `experimentation` may be null.
-absl::StatusOr<Routed> RouteFor(const ModuleRegistry& registry,
-                                const Experimentation* experimentation,
-                                const std::string& task,
-                                const std::string& version,
-                                const std::string& unit_type,
-                                const std::string& unit_id, TaskKind kind,
-                                const char* rpc) {
+absl::StatusOr<Routed> RouteFor(
+    const ModuleRegistry& registry, const Experimentation* experimentation,
+    const std::string& task, const std::string& version,
+    const std::string& request_id, const std::string& unit_type,
+    const std::string& unit_id, TaskKind kind, const char* rpc) {
   if (task.empty()) return absl::InvalidArgumentError("task: required");
+  RETURN_IF_ERROR(ValidateRequestKeys(request_id, unit_type, unit_id));
   Routed r;
   if (experimentation != nullptr) {
     ASSIGN_OR_RETURN(r,
@@ -213,9 +212,10 @@ grpc::ServerUnaryReactor* RecommenderService::Score(
     grpc::CallbackServerContext* context, const v1::ScoreRequest* request,
     v1::ScoreResponse* response) {
   CallMetrics call{metrics_, "Score", request->task(), request->version()};
-  absl::StatusOr<Routed> routed = RouteFor(
-      registry_, experimentation_, request->task(), request->version(),
-      request->unit_type(), request->unit_id(), TaskKind::kScore, "Score");
+  absl::StatusOr<Routed> routed =
+      RouteFor(registry_, experimentation_, request->task(), request->version(),
+               request->request_id(), request->unit_type(), request->unit_id(),
+               TaskKind::kScore, "Score");
   if (!routed.ok()) {
     return FinishNow(context, call, ToGrpcStatus(routed.status()));
   }
@@ -305,7 +305,7 @@ grpc::ServerUnaryReactor* RecommenderService::Embed(
   CallMetrics call{metrics_, "Embed", request->task(), request->version()};
   absl::StatusOr<Routed> routed =
       RouteFor(registry_, nullptr, request->task(), request->version(), "", "",
-               TaskKind::kRetrieve, "Embed");
+               "", TaskKind::kRetrieve, "Embed");
   if (!routed.ok()) {
     return FinishNow(context, call, ToGrpcStatus(routed.status()));
   }
@@ -358,8 +358,8 @@ grpc::ServerUnaryReactor* RecommenderService::Retrieve(
   CallMetrics call{metrics_, "Retrieve", request->task(), request->version()};
   absl::StatusOr<Routed> routed =
       RouteFor(registry_, experimentation_, request->task(), request->version(),
-               request->unit_type(), request->unit_id(), TaskKind::kRetrieve,
-               "Retrieve");
+               request->request_id(), request->unit_type(), request->unit_id(),
+               TaskKind::kRetrieve, "Retrieve");
   if (!routed.ok()) {
     return FinishNow(context, call, ToGrpcStatus(routed.status()));
   }
@@ -454,13 +454,13 @@ class GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   }
   // The last message, then the status.
   void End(const absl::Status& status, FinishReason finish, int64_t tokens) {
+    if (status.ok()) note_.Served();  // outside mu_: it takes the log's lock
     absl::MutexLock lock(&mu_);
     if (status.ok()) {
       v1::GenerateResponse m;
       m.set_finish_reason(FinishReasonName(finish));
       m.set_tokens(static_cast<int32_t>(tokens));
       PushLocked(std::move(m));
-      note_.Served();
     }
     final_ = call_.Done(ToGrpcStatus(status));
     ended_ = true;
@@ -525,8 +525,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RecommenderService::Generate(
   CallMetrics call{metrics_, "Generate", request->task(), request->version()};
   absl::StatusOr<Routed> routed =
       RouteFor(registry_, experimentation_, request->task(), request->version(),
-               request->unit_type(), request->unit_id(), TaskKind::kGenerate,
-               "Generate");
+               request->request_id(), request->unit_type(), request->unit_id(),
+               TaskKind::kGenerate, "Generate");
   if (!routed.ok()) {
     return new FailedStream(call.Done(ToGrpcStatus(routed.status())));
   }
