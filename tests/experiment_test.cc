@@ -665,7 +665,7 @@ TEST(ExperimentJsonTest, UnknownFieldsAndWrongTypesAreRefusedByName) {
   text_traffic["traffic"] = "half";
   status = ExperimentFromJson(text_traffic, "cfg").status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("cfg.traffic"));
+  EXPECT_THAT(status.message(), HasSubstr("cfg: field 'traffic'"));
 
   nlohmann::json fractional_offset = good;
   fractional_offset["layer_offset"] = 1.5;

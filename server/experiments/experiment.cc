@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/util/json_fields.h"
 #include "core/util/status_macros.h"
 
 namespace optrec {
@@ -54,34 +55,12 @@ int64_t Buckets(double share) {
 template <typename T>
 absl::Status Get(const Json& j, const char* key, const std::string& where,
                  T* out) {
-  if (!j.contains(key)) return absl::OkStatus();
-  const Json& v = j[key];
-  bool ok;
-  if constexpr (std::is_same_v<T, std::string>) {
-    ok = v.is_string();
-  } else if constexpr (std::is_integral_v<T>) {
-    ok = v.is_number_integer();
-  } else {
-    ok = v.is_number();
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ".", key, ": has the wrong type (", v.dump(), ")"));
-  }
-  *out = v.get<T>();
-  return absl::OkStatus();
+  return ReadJsonField(j, key, where, "", out);
 }
 
 absl::Status OnlyKnown(const Json& j, const std::string& where,
                        const std::set<std::string>& known) {
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (known.count(it.key()) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": unknown field '", it.key(),
-                       "' (known: ", absl::StrJoin(known, ", "), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckKnownFields(j, where, "", known);
 }
 
 }  // namespace

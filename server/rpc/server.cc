@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "cache/sharded_lru_cache.h"
 #include "cache/state_file.h"
+#include "core/util/json_fields.h"
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
 
@@ -20,36 +21,13 @@ using Json = nlohmann::json;
 
 absl::Status Unknown(const Json& j, const std::string& prefix,
                      const std::set<std::string>& known) {
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (known.count(it.key()) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: unknown field '", prefix, it.key(),
-                       "' (known: ", absl::StrJoin(known, ", "), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckKnownFields(j, "config", prefix, known);
 }
 
 template <typename T>
 absl::Status Read(const Json& j, const std::string& key,
                   const std::string& where, T* out) {
-  if (!j.contains(key)) return absl::OkStatus();
-  const Json& v = j[key];
-  bool ok = false;
-  if constexpr (std::is_same_v<T, std::string>) {
-    ok = v.is_string();
-  } else if constexpr (std::is_integral_v<T>) {
-    ok = v.is_number_integer();
-  } else {
-    ok = v.is_number();
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: field '", where, key, "' has the wrong type (",
-                     v.dump(), ")"));
-  }
-  *out = v.get<T>();
-  return absl::OkStatus();
+  return ReadJsonField(j, key, "config", where, out);
 }
 
 }  // namespace

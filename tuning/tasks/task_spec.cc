@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/util/files.h"
+#include "core/util/json_fields.h"
 #include "core/util/status_macros.h"
 
 namespace optrec {
@@ -22,14 +23,7 @@ absl::Status Bad(const std::string& where, const std::string& field,
 absl::Status CheckKeys(const nlohmann::json& j, const std::string& where,
                        const std::string& prefix,
                        const std::set<std::string>& allowed) {
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (allowed.count(it.key()) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": unknown field '", prefix, it.key(),
-                       "' (known: ", absl::StrJoin(allowed, ", "), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckKnownFields(j, where, prefix, allowed);
 }
 
 absl::StatusOr<std::string> GetString(const nlohmann::json& j,
