@@ -110,7 +110,8 @@ class Server {
   const BatchScheduler& scheduler() const { return *scheduler_; }
 
   // Stops accepting calls, lets those in flight finish for up to the grace
-  // period (then cancels them), drains the scheduler and closes the
+  // period (then cancels them), stops the scheduler and the generator from
+  // taking new work (rows already queued still run) and closes the
   // experiment log (every exposure and event made durable). Idempotent.
   void Shutdown();
   // Blocks until Shutdown has completed.
