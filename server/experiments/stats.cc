@@ -386,6 +386,30 @@ Interval Around(double center, double half_width) {
   return {center - half_width, center + half_width};
 }
 
+// The relative change (t - c) / c of a treatment estimate t over a control
+// estimate c, with the delta-method interval lift +- z * sqrt((var_t +
+// (t / c)^2 var_c) / c^2), var_x the squared standard error of x. Undefined
+// (defined false, lift and interval 0) when c is 0, or so near 0 that the
+// lift or its variance is not finite.
+struct Lift {
+  bool defined = false;
+  double lift = 0;
+  Interval interval;
+};
+Lift DeltaMethodLift(double c, double t, double var_c, double var_t, double z) {
+  Lift result;
+  if (c == 0) return result;
+  const double ratio = t / c;
+  const double lift = (t - c) / c;
+  const double var_lift = (var_t + ratio * ratio * var_c) / (c * c);
+  if (std::isfinite(lift) && std::isfinite(var_lift)) {
+    result.defined = true;
+    result.lift = lift;
+    result.interval = Around(lift, z * std::sqrt(var_lift));
+  }
+  return result;
+}
+
 absl::Status CheckCounts(const BinomialCounts& counts, const char* arm) {
   if (counts.trials < 0 || counts.successes < 0 ||
       counts.successes > counts.trials) {
@@ -562,15 +586,11 @@ absl::StatusOr<ProportionComparison> CompareProportions(
   result.difference_interval =
       Around(result.difference, z * std::sqrt(var_t + var_c));
 
-  // Delta-method interval for the lift, defined only over a non-zero
-  // control rate.
-  if (c > 0) {
-    const double ratio = t / c;
-    const double var_lift = (var_t + ratio * ratio * var_c) / (c * c);
-    result.lift_defined = true;
-    result.lift = result.difference / c;
-    result.lift_interval = Around(result.lift, z * std::sqrt(var_lift));
-  }
+  // Defined over a non-zero control rate.
+  const Lift lift = DeltaMethodLift(c, t, var_c, var_t, z);
+  result.lift_defined = lift.defined;
+  result.lift = lift.lift;
+  result.lift_interval = lift.interval;
 
   // Pooled z test.
   const double pooled =
@@ -641,18 +661,12 @@ absl::StatusOr<MeanComparison> WelchTTest(const MeanSummary& control,
   result.standard_error = std::sqrt(se2);
   result.confidence = confidence;
 
-  // Delta-method interval for the lift, defined only over a control mean
-  // far enough from 0 for the lift and its variance to be finite.
-  if (c != 0) {
-    const double ratio = t / c;
-    const double lift = result.difference / c;
-    const double var_lift = (se2_t + ratio * ratio * se2_c) / (c * c);
-    if (std::isfinite(lift) && std::isfinite(var_lift)) {
-      result.lift_defined = true;
-      result.lift = lift;
-      result.lift_interval = Around(lift, z * std::sqrt(var_lift));
-    }
-  }
+  // Defined over a control mean far enough from 0 for the lift and its
+  // variance to be finite.
+  const Lift lift = DeltaMethodLift(c, t, se2_c, se2_t, z);
+  result.lift_defined = lift.defined;
+  result.lift = lift.lift;
+  result.lift_interval = lift.interval;
 
   if (se2 == 0) {
     result.no_variance = true;
