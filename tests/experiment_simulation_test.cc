@@ -7,8 +7,8 @@
 #include "server/cli/experiment_simulation.h"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
+#include <filesystem>
 #include <set>
 #include <string>
 
@@ -20,18 +20,14 @@
 namespace optrec {
 namespace {
 
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
 TEST(ExperimentSimulationTest, ReportDetectsTheBetterRetrievalModule) {
   const std::string root = OPTREC_SOURCE_DIR;
   const std::string modules = root + "/models/experiments/modules";
   const std::string control = modules + "/next_click.prompt.safetensors";
   const std::string treatment =
       modules + "/next_click.option_adapter.safetensors";
-  ASSERT_TRUE(Exists(control) && Exists(treatment))
+  ASSERT_TRUE(std::filesystem::exists(control) &&
+              std::filesystem::exists(treatment))
       << "the committed next-click modules are missing from " << modules;
   const std::string dir = MakeTempDir("simulation");
   const std::string world = dir + "/world";
@@ -76,8 +72,8 @@ TEST(ExperimentSimulationTest, ReportDetectsTheBetterRetrievalModule) {
   EXPECT_GT(click.difference, 0);
   EXPECT_GT(click.difference_interval.lower, 0);
   EXPECT_LT(click.p_value, 0.01);
-  EXPECT_TRUE(Exists(o.out_dir + "/lift.svg"));
-  EXPECT_TRUE(Exists(o.out_dir + "/report.json"));
+  EXPECT_TRUE(std::filesystem::exists(o.out_dir + "/lift.svg"));
+  EXPECT_TRUE(std::filesystem::exists(o.out_dir + "/report.json"));
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 #include "server/cli/experiment_simulation.h"
 
 #include <grpcpp/grpcpp.h>
-#include <sys/stat.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <thread>
@@ -74,8 +74,9 @@ absl::StatusOr<std::pair<std::string, std::string>> LoadedAs(
     ModuleRegistry& registry, const std::string& path) {
   for (const TaskListing& t : registry.List()) {
     for (const auto& [version, meta] : t.versions) {
-      if (meta.value("path", "") == path)
+      if (meta.value("path", "") == path) {
         return std::make_pair(t.task, version);
+      }
     }
   }
   return absl::InternalError(absl::StrCat(path, " was not loaded"));
@@ -106,8 +107,8 @@ absl::StatusOr<SimulationResult> SimulateExperiment(
     return absl::InvalidArgumentError(
         absl::StrCat("units: ", o.units, " is negative"));
   }
-  struct stat st;
-  if (stat(o.out_dir.c_str(), &st) == 0) {
+  std::error_code unchecked;  // a path that cannot be checked counts as absent
+  if (std::filesystem::exists(o.out_dir, unchecked)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "out: ", o.out_dir,
         " exists; a simulation writes a fresh folder so that its log holds "

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -52,6 +53,29 @@ int64_t Buckets(double share) {
   return static_cast<int64_t>(std::llround(share * kExperimentBuckets));
 }
 
+// The layer buckets a definition reserves, as a share: layer_share, or
+// traffic when layer_share is 0.
+double ReservedShare(const ExperimentDefinition& d) {
+  return d.layer_share == 0 ? d.traffic : d.layer_share;
+}
+
+// Where each arm's slice of the arm split ends: arm i holds
+// [ends[i-1], ends[i]) with ends[i] = round(W_i / W * 10000), W_i the
+// weights summed through arm i, and the last ends at 10000. Weights must
+// be positive with a finite sum.
+std::vector<int64_t> ArmBucketEnds(const ExperimentDefinition& d) {
+  double total = 0;
+  for (const ExperimentArm& arm : d.arms) total += arm.weight;
+  std::vector<int64_t> ends;
+  double cumulative = 0;
+  for (size_t i = 0; i < d.arms.size(); ++i) {
+    cumulative += d.arms[i].weight;
+    ends.push_back(i + 1 == d.arms.size() ? kExperimentBuckets
+                                          : Buckets(cumulative / total));
+  }
+  return ends;
+}
+
 template <typename T>
 absl::Status Get(const Json& j, const char* key, const std::string& where,
                  T* out) {
@@ -84,7 +108,7 @@ absl::Status ValidateExperiment(const ExperimentDefinition& d) {
   RETURN_IF_ERROR(CheckText("salt", d.salt));
   RETURN_IF_ERROR(CheckName("unit_type", d.unit_type));
   RETURN_IF_ERROR(CheckName("layer", d.layer));
-  const double share = d.layer_share == 0 ? d.traffic : d.layer_share;
+  const double share = ReservedShare(d);
   if (!(d.traffic > 0 && d.traffic <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("traffic: ", d.traffic, " is outside (0, 1]"));
@@ -139,19 +163,14 @@ absl::Status ValidateExperiment(const ExperimentDefinition& d) {
     return absl::InvalidArgumentError(
         "arms: the weights' sum is not a finite number");
   }
-  double cumulative = 0;
-  int64_t begin = 0;
-  for (size_t i = 0; i < d.arms.size(); ++i) {
-    cumulative += d.arms[i].weight;
-    const int64_t end = i + 1 == d.arms.size() ? kExperimentBuckets
-                                               : Buckets(cumulative / total);
-    if (end <= begin) {
+  const std::vector<int64_t> ends = ArmBucketEnds(d);
+  for (size_t i = 0; i < ends.size(); ++i) {
+    if (ends[i] <= (i == 0 ? 0 : ends[i - 1])) {
       return absl::InvalidArgumentError(
           absl::StrCat("arms[", i, "].weight: ", d.arms[i].weight,
                        " is too small a share of the weights (", total,
                        ") to get one of the 10000 buckets"));
     }
-    begin = end;
   }
   return absl::OkStatus();
 }
@@ -244,8 +263,7 @@ int64_t ArmBucket(const std::string& salt, const std::string& unit_id) {
 }
 
 LayerSlot SlotOf(const ExperimentDefinition& d) {
-  const double share = d.layer_share == 0 ? d.traffic : d.layer_share;
-  return {d.layer_offset, d.layer_offset + Buckets(share)};
+  return {d.layer_offset, d.layer_offset + Buckets(ReservedShare(d))};
 }
 
 int64_t EnrolledBuckets(const ExperimentDefinition& d) {
@@ -255,16 +273,9 @@ int64_t EnrolledBuckets(const ExperimentDefinition& d) {
 int ArmOf(const ExperimentDefinition& d, const std::string& unit_id) {
   const std::string& salt = d.salt.empty() ? d.name : d.salt;
   const int64_t bucket = ArmBucket(salt, unit_id);
-  double total = 0;
-  for (const ExperimentArm& a : d.arms) total += a.weight;
-  // Arm i holds [round(W_i-1 / W * 10000), round(W_i / W * 10000)), W_i the
-  // weights summed through arm i.
-  double cumulative = 0;
-  for (size_t i = 0; i + 1 < d.arms.size(); ++i) {
-    cumulative += d.arms[i].weight;
-    if (bucket < Buckets(cumulative / total)) return static_cast<int>(i);
-  }
-  return static_cast<int>(d.arms.size()) - 1;
+  const std::vector<int64_t> ends = ArmBucketEnds(d);
+  return static_cast<int>(std::upper_bound(ends.begin(), ends.end(), bucket) -
+                          ends.begin());
 }
 
 bool Enrolled(const ExperimentDefinition& d, const std::string& unit_type,

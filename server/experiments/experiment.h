@@ -35,6 +35,9 @@ namespace optrec {
 // Buckets of a layer and of an arm split.
 inline constexpr int64_t kExperimentBuckets = 10000;
 
+// The unit type of a definition, request or event that names none.
+inline constexpr char kDefaultUnitType[] = "user";
+
 // draft -> running <-> paused -> stopped. Only a running experiment assigns
 // units; a draft, paused or stopped one leaves its task's requests to the
 // task's default version. Stopped is final.
@@ -59,7 +62,7 @@ struct ExperimentDefinition {
   std::string task;
   // What a unit id names ("user", "session"...): a request takes part only
   // when it names a unit of this type.
-  std::string unit_type = "user";
+  std::string unit_type = kDefaultUnitType;
   // Experiments of one layer are mutually exclusive; layers are
   // independent. Experiments of one task share a layer.
   std::string layer = "default";

@@ -1,8 +1,7 @@
 #include "server/experiments/experiment_set.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -14,11 +13,6 @@ namespace optrec {
 namespace {
 
 using Json = nlohmann::json;
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
 
 // Whether two slots overlap.
 bool Overlap(LayerSlot a, LayerSlot b) {
@@ -33,7 +27,8 @@ absl::StatusOr<std::unique_ptr<ExperimentSet>> ExperimentSet::Open(
   absl::MutexLock changes(&set->change_mu_);
   absl::MutexLock lock(&set->mu_);
   const std::string& path = set->options_.state_path;
-  if (!path.empty() && Exists(path)) {
+  std::error_code error;  // a path that cannot be checked counts as absent
+  if (!path.empty() && std::filesystem::exists(path, error)) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(path));
     const Json j = Json::parse(text, nullptr, false);
     if (!j.is_object() || !j.contains("experiments") ||
@@ -70,8 +65,9 @@ absl::StatusOr<std::unique_ptr<ExperimentSet>> ExperimentSet::Open(
     if (held != set->experiments_.end()) {
       // The configured definition as it would have been stored.
       ExperimentDefinition placed = configured[i];
-      if (placed.layer_offset < 0)
+      if (placed.layer_offset < 0) {
         placed.layer_offset = held->second.layer_offset;
+      }
       if (placed.layer_share == 0) placed.layer_share = placed.traffic;
       const Json file = ExperimentToJson(held->second);
       const Json config = ExperimentToJson(placed);
@@ -177,16 +173,9 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::Define(
         placed, PlaceLocked(std::move(definition), /*check_versions=*/true));
     snapshot = SnapshotLocked(&placed);
   }
-  // Written before it becomes visible, outside mu_: requests keep being
-  // assigned while the file is synced.
-  RETURN_IF_ERROR(Persist(snapshot));
-  {
-    absl::MutexLock lock(&mu_);
-    experiments_[placed.name] = placed;
-  }
+  RETURN_IF_ERROR(Publish(snapshot, placed));
   LOG_INFO << "experiment " << placed.name << " defined ("
            << ExperimentStateName(placed.state) << ")";
-  if (on_change_) on_change_(placed);
   return placed;
 }
 
@@ -211,13 +200,19 @@ absl::StatusOr<ExperimentDefinition> ExperimentSet::Change(
     }
     snapshot = SnapshotLocked(&updated);
   }
+  RETURN_IF_ERROR(Publish(snapshot, updated));
+  return updated;
+}
+
+absl::Status ExperimentSet::Publish(const Json& snapshot,
+                                    const ExperimentDefinition& definition) {
   RETURN_IF_ERROR(Persist(snapshot));
   {
     absl::MutexLock lock(&mu_);
-    experiments_[name] = updated;
+    experiments_[definition.name] = definition;
   }
-  if (on_change_) on_change_(updated);
-  return updated;
+  if (on_change_) on_change_(definition);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ExperimentDefinition> ExperimentSet::SetState(

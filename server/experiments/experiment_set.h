@@ -109,6 +109,13 @@ class ExperimentSet {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Writes `snapshot` to the state file (when there is one).
   absl::Status Persist(const nlohmann::json& snapshot) const;
+  // Persists `snapshot` (SnapshotLocked(&definition)), then makes
+  // `definition` visible and calls on_change_; nothing changes when the
+  // file cannot be written. Written outside mu_, so requests keep being
+  // assigned while the file is synced.
+  absl::Status Publish(const nlohmann::json& snapshot,
+                       const ExperimentDefinition& definition)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(change_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   // Applies `change` to a copy of the named experiment and keeps it when
   // valid and persisted.
   absl::StatusOr<ExperimentDefinition> Change(

@@ -75,8 +75,9 @@ absl::StatusOr<std::vector<LogFile>> ListLogFiles(const std::string& dir,
   errno = 0;
   while (const dirent* entry = ::readdir(d)) {
     const int64_t sequence = SequenceOf(entry->d_name, prefix);
-    if (sequence >= 0)
+    if (sequence >= 0) {
       files.push_back({sequence, JoinPath(dir, entry->d_name)});
+    }
     errno = 0;
   }
   const int error = errno;
@@ -88,6 +89,16 @@ absl::StatusOr<std::vector<LogFile>> ListLogFiles(const std::string& dir,
     return a.sequence < b.sequence;
   });
   return files;
+}
+
+// fsync(fd) through `fsync_fn` (null: ::fsync), tried again while a signal
+// interrupts it. 0, or -1 with errno set.
+int FsyncRetrying(const std::function<int(int)>& fsync_fn, int fd) {
+  int result;
+  do {
+    result = fsync_fn ? fsync_fn(fd) : ::fsync(fd);
+  } while (result != 0 && errno == EINTR);
+  return result;
 }
 
 absl::Status ValidateOptions(const DurableLog::Options& o) {
@@ -389,11 +400,7 @@ absl::Status DurableLog::WriteBuffer(std::string& buffer, WriteDelta& delta) {
 
 absl::Status DurableLog::SyncFile(WriteDelta& delta) {
   if (!file_dirty_) return absl::OkStatus();
-  int result;
-  do {
-    result = options_.fsync_fn ? options_.fsync_fn(fd_) : ::fsync(fd_);
-  } while (result != 0 && errno == EINTR);
-  if (result != 0) {
+  if (FsyncRetrying(options_.fsync_fn, fd_) != 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": fsync failed"));
   }
   file_dirty_ = false;
@@ -408,10 +415,7 @@ absl::Status DurableLog::SyncDir() {
     return absl::ErrnoToStatus(
         errno, absl::StrCat(options_.dir, ": cannot open the folder"));
   }
-  int result;
-  do {
-    result = options_.fsync_fn ? options_.fsync_fn(fd) : ::fsync(fd);
-  } while (result != 0 && errno == EINTR);
+  const int result = FsyncRetrying(options_.fsync_fn, fd);
   const int error = errno;
   ::close(fd);
   if (result != 0) {
