@@ -9,6 +9,7 @@
 #include "core/util/log.h"
 #include "core/util/status_macros.h"
 #include "server/experiments/report.h"
+#include "server/rpc/call_metrics.h"
 #include "server/rpc/services.h"
 
 namespace optrec {
@@ -128,7 +129,8 @@ absl::StatusOr<Experimentation::Routed> Experimentation::Route(
     const std::string& unit_type, const std::string& unit_id) const {
   Routed r;
   if (version.empty() && !unit_id.empty()) {
-    r.arm = set_->Assign(task, unit_type.empty() ? "user" : unit_type, unit_id);
+    r.arm = set_->Assign(task, unit_type.empty() ? kDefaultUnitType : unit_type,
+                         unit_id);
   }
   if (r.arm.has_value()) {
     absl::StatusOr<ModuleVersion> arm =
@@ -140,8 +142,7 @@ absl::StatusOr<Experimentation::Routed> Experimentation::Route(
     if (metrics_ != nullptr) {
       metrics_->Add("optrec_experiment_fallbacks_total",
                     "requests an experiment arm could not serve (its version "
-                    "is not loaded or has no index), served by the default "
-                    "version",
+                    "is no longer loaded), served by the default version",
                     {{"experiment", r.arm->experiment}, {"arm", r.arm->arm}});
     }
     r.arm.reset();
@@ -173,7 +174,7 @@ void Experimentation::RecordExposure(const Routed& routed,
   x.experiment = routed.arm->experiment;
   x.arm = routed.arm->arm;
   x.version = routed.arm->version;
-  x.unit_type = unit_type.empty() ? "user" : unit_type;
+  x.unit_type = unit_type.empty() ? kDefaultUnitType : unit_type;
   x.unit = unit_id;
   Remember(request_id);
   absl::Status logged = log_->Append(ExposureRecord(x));
@@ -209,10 +210,11 @@ absl::StatusOr<Experimentation::EventsResult> Experimentation::RecordEvents(
     FeedbackEvent& e = events[i];
     const int64_t now = NowUs();
     if (e.time_us == 0) e.time_us = now;
-    if (e.unit_type.empty()) e.unit_type = "user";
+    if (e.unit_type.empty()) e.unit_type = kDefaultUnitType;
     absl::Status valid = ValidateEvent(e);
-    if (valid.ok())
+    if (valid.ok()) {
       valid = ValidateRequestKeys(e.request_id, e.unit_type, e.unit);
+    }
     if (valid.ok() && (e.time_us < 0 || e.time_us > now + kDayUs)) {
       valid = absl::InvalidArgumentError(absl::StrCat(
           "time_us: ", e.time_us,
@@ -307,27 +309,11 @@ ExperimentDefinition ExperimentFromProto(const v1::Experiment& m) {
 
 // ---- The admin service. ----
 
-namespace {
-
-grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                 Metrics* metrics, const char* rpc,
-                                 const grpc::Status& status) {
-  if (metrics != nullptr) {
-    metrics->ObserveCall(rpc, "", "",
-                         absl::StatusCodeToString(static_cast<absl::StatusCode>(
-                             status.error_code())),
-                         0);
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
+grpc::Status NoExperimentsStatus() {
+  return grpc::Status(
+      grpc::StatusCode::FAILED_PRECONDITION,
+      "this server runs no experiments (set experiments.dir in its config)");
 }
-
-const grpc::Status kNoExperiments(
-    grpc::StatusCode::FAILED_PRECONDITION,
-    "this server runs no experiments (set experiments.dir in its config)");
-
-}  // namespace
 
 ExperimentsService::ExperimentsService(Experimentation* experimentation,
                                        Metrics* metrics)
@@ -336,35 +322,36 @@ ExperimentsService::ExperimentsService(Experimentation* experimentation,
 grpc::ServerUnaryReactor* ExperimentsService::DefineExperiment(
     grpc::CallbackServerContext* context, const v1::Experiment* request,
     v1::Experiment* response) {
-  const char* rpc = "DefineExperiment";
+  const CallMetrics call{metrics_, "DefineExperiment", "", ""};
   if (experimentation_ == nullptr) {
-    return Finish(context, metrics_, rpc, kNoExperiments);
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   ExperimentDefinition d = ExperimentFromProto(*request);
   if (!request->state().empty()) {
     absl::StatusOr<ExperimentState> state =
         ParseExperimentState(request->state());
     if (!state.ok()) {
-      return Finish(context, metrics_, rpc, ToGrpcStatus(state.status()));
+      return FinishNow(context, call, ToGrpcStatus(state.status()));
     }
     d.state = *state;
   }
   absl::StatusOr<ExperimentDefinition> stored =
       experimentation_->set().Define(std::move(d));
   if (stored.ok()) ExperimentToProto(*stored, response);
-  return Finish(context, metrics_, rpc, ToGrpcStatus(stored.status()));
+  return FinishNow(context, call, ToGrpcStatus(stored.status()));
 }
 
 grpc::ServerUnaryReactor* ExperimentsService::ChangeState(
     grpc::CallbackServerContext* context, const char* rpc,
     const std::string& name, ExperimentState state, v1::Experiment* response) {
+  const CallMetrics call{metrics_, rpc, "", ""};
   if (experimentation_ == nullptr) {
-    return Finish(context, metrics_, rpc, kNoExperiments);
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   absl::StatusOr<ExperimentDefinition> d =
       experimentation_->set().SetState(name, state);
   if (d.ok()) ExperimentToProto(*d, response);
-  return Finish(context, metrics_, rpc, ToGrpcStatus(d.status()));
+  return FinishNow(context, call, ToGrpcStatus(d.status()));
 }
 
 grpc::ServerUnaryReactor* ExperimentsService::StartExperiment(
@@ -391,27 +378,27 @@ grpc::ServerUnaryReactor* ExperimentsService::StopExperiment(
 grpc::ServerUnaryReactor* ExperimentsService::SetTraffic(
     grpc::CallbackServerContext* context, const v1::SetTrafficRequest* request,
     v1::Experiment* response) {
-  const char* rpc = "SetTraffic";
+  const CallMetrics call{metrics_, "SetTraffic", "", ""};
   if (experimentation_ == nullptr) {
-    return Finish(context, metrics_, rpc, kNoExperiments);
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   absl::StatusOr<ExperimentDefinition> d =
       experimentation_->set().SetTraffic(request->name(), request->traffic());
   if (d.ok()) ExperimentToProto(*d, response);
-  return Finish(context, metrics_, rpc, ToGrpcStatus(d.status()));
+  return FinishNow(context, call, ToGrpcStatus(d.status()));
 }
 
 grpc::ServerUnaryReactor* ExperimentsService::ListExperiments(
     grpc::CallbackServerContext* context, const v1::ListExperimentsRequest*,
     v1::ListExperimentsResponse* response) {
-  const char* rpc = "ListExperiments";
+  const CallMetrics call{metrics_, "ListExperiments", "", ""};
   if (experimentation_ == nullptr) {
-    return Finish(context, metrics_, rpc, kNoExperiments);
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   for (const ExperimentDefinition& d : experimentation_->set().List()) {
     ExperimentToProto(d, response->add_experiments());
   }
-  return Finish(context, metrics_, rpc, grpc::Status::OK);
+  return FinishNow(context, call, grpc::Status::OK);
 }
 
 // Reads the whole log on the gRPC thread: a report is an operator's call,
@@ -420,13 +407,13 @@ grpc::ServerUnaryReactor* ExperimentsService::GetReport(
     grpc::CallbackServerContext* context,
     const v1::ExperimentReportRequest* request,
     v1::ExperimentReportResponse* response) {
-  const char* rpc = "GetReport";
+  const CallMetrics call{metrics_, "GetReport", "", ""};
   if (experimentation_ == nullptr) {
-    return Finish(context, metrics_, rpc, kNoExperiments);
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   absl::Status flushed = experimentation_->Flush();
   if (!flushed.ok()) {
-    return Finish(context, metrics_, rpc, ToGrpcStatus(flushed));
+    return FinishNow(context, call, ToGrpcStatus(flushed));
   }
   ReportOptions options;
   options.experiment = request->name();
@@ -438,7 +425,7 @@ grpc::ServerUnaryReactor* ExperimentsService::GetReport(
     response->set_text(report->ToText());
     response->set_lift_svg(report->LiftSvg());
   }
-  return Finish(context, metrics_, rpc, ToGrpcStatus(report.status()));
+  return FinishNow(context, call, ToGrpcStatus(report.status()));
 }
 
 }  // namespace optrec

@@ -63,8 +63,7 @@ class Experimentation {
   // `can_serve` says whether a loaded version can serve its task's
   // requests beyond being loaded (a retrieval version needs its index);
   // null = every loaded version can. Arms are checked with it when
-  // defined, and requests fall back to the default version when an arm's
-  // version fails it later.
+  // defined (indexes are never removed once loaded).
   static absl::StatusOr<std::unique_ptr<Experimentation>> Open(
       const ExperimentOptions& options, const ModuleRegistry& registry,
       Metrics* metrics, std::function<int64_t()> clock_us = nullptr,
@@ -146,6 +145,9 @@ absl::Status ValidateRequestKeys(const std::string& request_id,
 
 // A request id for a request that came without one: 32 random hex digits.
 std::string NewRequestId();
+
+// FAILED_PRECONDITION for an experiment call to a server that runs none.
+grpc::Status NoExperimentsStatus();
 
 // The Experiments admin service. `experimentation` may be null (the
 // server runs none): every call is FAILED_PRECONDITION then.

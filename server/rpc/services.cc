@@ -12,38 +12,10 @@
 #include "core/util/files.h"
 #include "core/util/status_macros.h"
 #include "server/metrics/metrics.h"
+#include "server/rpc/call_metrics.h"
 
 namespace optrec {
 namespace {
-
-// One call's labels and start, recorded in the metrics when it ends.
-struct CallMetrics {
-  Metrics* metrics = nullptr;  // may be null (no metrics)
-  const char* rpc = "";
-  std::string task, version;
-  absl::Time start = absl::Now();
-
-  // Records the call's end and passes its status on.
-  grpc::Status Done(grpc::Status status) const {
-    if (metrics != nullptr) {
-      metrics->ObserveCall(
-          rpc, task, version,
-          absl::StatusCodeToString(
-              static_cast<absl::StatusCode>(status.error_code())),
-          absl::ToDoubleSeconds(absl::Now() - start));
-    }
-    return status;
-  }
-};
-
-// Ends a unary call at once with `status`.
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
-                                    const CallMetrics& call,
-                                    const grpc::Status& status) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(call.Done(status));
-  return reactor;
-}
 
 // Request fields as template fields; InvalidArgument naming `where` and the
 // field for text that is not UTF-8 (proto3 strings normally are, but the
@@ -596,11 +568,7 @@ grpc::ServerUnaryReactor* RecommenderService::RecordEvents(
     v1::RecordEventsResponse* response) {
   const CallMetrics call{metrics_, "RecordEvents", "", ""};
   if (experimentation_ == nullptr) {
-    return FinishNow(
-        context, call,
-        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                     "this server runs no experiments (set experiments.dir "
-                     "in its config)"));
+    return FinishNow(context, call, NoExperimentsStatus());
   }
   std::vector<FeedbackEvent> events;
   std::vector<int> sent_index;  // events[i] is request->events(sent_index[i])
@@ -626,8 +594,9 @@ grpc::ServerUnaryReactor* RecommenderService::RecordEvents(
   }
   absl::StatusOr<Experimentation::EventsResult> result =
       experimentation_->RecordEvents(std::move(events));
-  if (!result.ok())
+  if (!result.ok()) {
     return FinishNow(context, call, ToGrpcStatus(result.status()));
+  }
   for (const auto& [index, error] : result->rejected) {
     v1::RejectedEvent* r = response->add_rejected();
     r->set_index(sent_index[index]);
